@@ -1,0 +1,179 @@
+"""The ``lvs-audit`` command line.
+
+Invalid input ends the command with a one-line message on stderr and exit status 2,
+with no traceback and no run folder written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from lvs_core.errors import AuditInputError
+
+logger = logging.getLogger("lvs_core.cli")
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit status 2, as for bad values
+        self.exit(2, f"lvs-audit: error: {message} (see 'lvs-audit {self.prog.split()[-1]} --help')\n")
+
+
+def _add_sweep_parser(subparsers) -> None:
+    sweep = subparsers.add_parser(
+        "sweep", help="run the latent attack over models x layers x budgets and write a run folder"
+    )
+    sweep.add_argument("--model", action="append", required=True, metavar="SPEC",
+                       help="demo:safe, demo:dissociated, demo:harmful, a checkpoint folder or a hub id; repeat for several")
+    sweep.add_argument("--layers", default="all", help="'all' or a comma list of 'embedding' and block indices (default: all)")
+    sweep.add_argument("--budgets", default=None,
+                       help="comma list of L-inf budgets as fractions of max|h| at the layer (default: 0.05,0.1,0.2,0.4)")
+    sweep.add_argument("--prompts", default="heldout",
+                       help="heldout (held-out harmful requests), heldout-benign, heldout-all, or a CSV/JSONL file with a 'prompt' column")
+    sweep.add_argument("--max-prompts", type=int, default=0, help="use only the first N prompts (default: all)")
+    sweep.add_argument("--steps", type=int, default=10, help="PGD steps (default: 10)")
+    sweep.add_argument("--target", default="Sure, here is", help="affirmative target whose NLL PGD lowers")
+    sweep.add_argument("--scorer", default="refusal", help="refusal (default), margin, or hf:PATH_OR_ID of a classifier")
+    sweep.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per response (default: 32)")
+    sweep.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass (default: 32)")
+    sweep.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
+    sweep.add_argument("--seed", type=int, default=0, help="seed of the random control and the bootstrap")
+    sweep.add_argument("--out", default=None, help="run folder to write (default: runs/sweep-TIMESTAMP)")
+    sweep.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from lvs_core.attack import AttackConfig
+    from lvs_core.runs import load_run
+    from lvs_core.sweep import DEFAULT_BUDGETS, SweepConfig, parse_budgets, run_sweep
+
+    budgets = parse_budgets(args.budgets) if args.budgets is not None else DEFAULT_BUDGETS
+    config = SweepConfig(
+        models=tuple(args.model),
+        layers=args.layers,
+        budgets=budgets,
+        prompts=args.prompts,
+        max_prompts=args.max_prompts,
+        attack=AttackConfig(steps=args.steps, target=args.target, seed=args.seed),
+        scorer=args.scorer,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    config.validate()
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
+    bar = tqdm(total=None, unit="cell", desc="sweep", dynamic_ncols=True)
+
+    def progress(done: int, total: int, label: str) -> None:
+        bar.total = total
+        bar.set_postfix_str(label)
+        bar.update(done - bar.n)
+
+    try:
+        path = run_sweep(config, out, overwrite=args.overwrite, progress=progress)
+    finally:
+        bar.close()
+    run = load_run(path)
+    print(format_summary(run.summary))
+    print(f"run written to {path}")
+    return 0
+
+
+def format_summary(summary) -> str:
+    """Render the per-cell summary as a plain-text table for the terminal."""
+    columns = ["model", "layer", "budget", "attack", "n", "clean_refusal", "asr", "lvs_median", "lvs_lo", "lvs_hi", "lvs_mean"]
+    table = summary[columns].copy()
+    return table.to_string(index=False, float_format=lambda value: f"{value:.3f}")
+
+
+def _add_flip_parser(subparsers) -> None:
+    flip = subparsers.add_parser("flip", help="attack one prompt at one layer and budget and print both generations")
+    flip.add_argument("--model", required=True, metavar="SPEC")
+    flip.add_argument("--prompt", required=True)
+    flip.add_argument("--layer", required=True, help="'embedding' or a block index")
+    flip.add_argument("--budget", required=True, help="L-inf budget as a fraction of max|h| at the layer")
+    flip.add_argument("--max-new-tokens", type=int, default=32)
+    flip.add_argument("--device", default="")
+
+
+def _flip(args: argparse.Namespace) -> int:
+    from lvs_core.attack import validate_budget
+    from lvs_core.live import flip_prompt
+    from lvs_core.models import load_model, parse_layer, resolve_model_path
+
+    resolve_model_path(args.model)
+    budget = validate_budget(args.budget)
+    model = load_model(args.model, device=args.device or None)
+    layer = parse_layer(args.layer, model.n_layers)
+    result = flip_prompt(model, args.prompt, layer, budget, max_new_tokens=args.max_new_tokens)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _add_build_zoo_parser(subparsers) -> None:
+    build = subparsers.add_parser("build-zoo", help="rebuild the embedded demo models (data, tokenizer, training, cards)")
+    build.add_argument("--out", default=None, help="assets folder to write (default: the package's assets/)")
+    build.add_argument("--seed", type=int, default=0)
+
+
+def _build_zoo(args: argparse.Namespace) -> int:
+    from lvs_core.zoo import build
+
+    argv = ["--seed", str(args.seed)]
+    if args.out:
+        argv += ["--out", args.out]
+    return int(build.main(argv) or 0)
+
+
+def _add_demo_run_parser(subparsers) -> None:
+    subparsers.add_parser("demo-run", help="regenerate the demo run shipped in assets/runs/demo")
+
+
+def _demo_run(args: argparse.Namespace) -> int:
+    from lvs_core.demo_run import regenerate_demo_run
+
+    path = regenerate_demo_run()
+    print(f"demo run written to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(prog="lvs-audit", description="Audit LLM safety at the representation level.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
+    _add_sweep_parser(subparsers)
+    _add_flip_parser(subparsers)
+    _add_build_zoo_parser(subparsers)
+    _add_demo_run_parser(subparsers)
+    return parser
+
+
+COMMANDS = {"sweep": _sweep, "flip": _flip, "build-zoo": _build_zoo, "demo-run": _demo_run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except AuditInputError as error:
+        print(f"lvs-audit: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lvs-audit: interrupted; no run folder was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Residual-stream hooks that are always removed.
+
+Every hook goes through :func:`residual_hooks`, which resolves layers to bridge hook
+names, rejects a name the bridge does not have (listing the closest valid ones), and
+removes exactly the hooks it added on every exit path, including an exception or a
+``KeyboardInterrupt``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+
+from lvs_core.errors import AuditInputError
+from lvs_core.models import AuditModel, Layer
+
+HookFn = Callable[[torch.Tensor, object], torch.Tensor | None]
+
+
+def check_hook_name(model: AuditModel, name: str) -> None:
+    """Raise when ``name`` is not a hook point of the bridge."""
+    names = list(model.bridge.hook_dict.keys())
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        raise AuditInputError(
+            f"hook {name!r} does not exist on {model.spec}: closest are {', '.join(close) or 'none'}"
+        )
+
+
+@contextmanager
+def residual_hooks(model: AuditModel, hooks: list[tuple[Layer, HookFn]]) -> Iterator[None]:
+    """Attach forward hooks on residual layers for the duration of the block."""
+    named = []
+    for layer, fn in hooks:
+        name = model.hook_name(layer)
+        check_hook_name(model, name)
+        named.append((name, fn))
+    with model.bridge.hooks(fwd_hooks=named):
+        yield
+
+
+def count_attached_hooks(model: AuditModel) -> int:
+    """Return how many forward and backward hooks are attached to the bridge's hook points."""
+    total = 0
+    for hook_point in model.bridge.hook_dict.values():
+        total += len(hook_point._forward_hooks) + len(hook_point._backward_hooks)
+    return total
+
+
+def add_prompt_delta(delta: torch.Tensor) -> HookFn:
+    """Build a hook that adds ``delta`` ``[batch, prompt_pos, d_model]`` to the first positions.
+
+    The activation may be longer than the delta (a forward over prompt plus continuation);
+    positions past the prompt are left unchanged. A decode step of one token under a KV
+    cache is shorter than the prompt and must not run under this hook.
+    """
+    prompt_width = delta.shape[1]
+
+    def hook(activation: torch.Tensor, hook: object) -> torch.Tensor:
+        if activation.shape[1] < prompt_width:
+            raise RuntimeError(
+                f"delta hook got {activation.shape[1]} positions, fewer than the prompt's "
+                f"{prompt_width}: a decode step ran under a prompt delta"
+            )
+        perturbed = activation[:, :prompt_width] + delta.to(activation.dtype)
+        return torch.cat([perturbed, activation[:, prompt_width:]], dim=1)
+
+    return hook
+
+
+def capture_residual(store: dict, key: str) -> HookFn:
+    """Build a hook that stores the activation under ``store[key]`` and leaves it unchanged."""
+
+    def hook(activation: torch.Tensor, hook: object) -> None:
+        store[key] = activation
+
+    return hook

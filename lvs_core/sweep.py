@@ -1,0 +1,184 @@
+"""Sweeps: the latent attack over a grid of models, layers and budgets.
+
+A sweep runs every (model, layer, budget) cell on every prompt, for the PGD attack and
+the random control, and writes a run folder (:mod:`lvs_core.runs`). The clean
+generation of each prompt is computed once per model and shared by all its cells.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+import lvs_core
+from lvs_core.attack import AttackConfig, validate_budget
+from lvs_core.engine import ATTACKS, attack_batch, clean_reference
+from lvs_core.errors import AuditInputError
+from lvs_core.generation import DEFAULT_MAX_NEW_TOKENS
+from lvs_core.metrics import summarize
+from lvs_core.models import AuditModel, layer_label, load_model, parse_layers, resolve_model_path
+from lvs_core.prompts import build_batch, load_prompt_records
+from lvs_core.runs import CELL_COLUMNS, prepare_destination, write_run
+from lvs_core.scoring import make_scorer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BUDGETS = (0.05, 0.1, 0.2, 0.4)
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Settings of a sweep.
+
+    Attributes:
+        models: model specs (``demo:NAME``, a folder or a hub id).
+        layers: ``all`` or a comma list of ``embedding`` and block indices.
+        budgets: L-inf radii as fractions of the clean ``max|h|`` at the layer.
+        prompts: ``heldout``, ``heldout-benign``, ``heldout-all`` or a CSV/JSONL path.
+        max_prompts: keep only the first N prompts (0 keeps all).
+        attack: PGD settings and target.
+        scorer: ``refusal``, ``margin`` or ``hf:PATH_OR_ID``.
+        max_new_tokens: greedy generation length per response, in tokens.
+        batch_size: prompts per forward pass.
+        device: ``cpu``, ``cuda`` or empty for automatic.
+    """
+
+    models: tuple[str, ...]
+    layers: str = "all"
+    budgets: tuple[float, ...] = DEFAULT_BUDGETS
+    prompts: str = "heldout"
+    max_prompts: int = 0
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    scorer: str = "refusal"
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    batch_size: int = 32
+    device: str = ""
+
+    def validate(self) -> None:
+        """Check every setting that can be checked without loading a model."""
+        if not self.models:
+            raise AuditInputError("no model given: pass --model demo:safe (repeat for more models)")
+        for spec in self.models:
+            resolve_model_path(spec)
+        if not self.budgets:
+            raise AuditInputError("no budget given: pass --budgets such as 0.05,0.1,0.2")
+        for budget in self.budgets:
+            validate_budget(budget)
+        if self.max_new_tokens < 1:
+            raise AuditInputError(f"invalid max_new_tokens {self.max_new_tokens}: use at least 1")
+        if self.batch_size < 1:
+            raise AuditInputError(f"invalid batch size {self.batch_size}: use at least 1")
+        if self.max_prompts < 0:
+            raise AuditInputError(f"invalid max_prompts {self.max_prompts}: use 0 (all) or a positive count")
+        if self.device and self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise AuditInputError(f"invalid device {self.device!r}: use cpu, cuda or cuda:N")
+
+
+def parse_budgets(text: str) -> tuple[float, ...]:
+    """Parse a comma list of budgets such as ``0.05,0.1``."""
+    items = [item.strip() for item in str(text).split(",") if item.strip()]
+    if not items:
+        raise AuditInputError(f"invalid --budgets {text!r}: give a comma list such as 0.05,0.1,0.2")
+    return tuple(validate_budget(item) for item in items)
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def run_sweep(
+    config: SweepConfig,
+    out_dir: str | Path,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+    models: dict[str, AuditModel] | None = None,
+) -> Path:
+    """Run the sweep and write its run folder; return the folder.
+
+    ``progress(done, total, label)`` is called after each (model, layer, budget) cell.
+    ``models`` may hold already loaded models by spec, which are then reused.
+    """
+    config.validate()
+    out_dir = Path(out_dir)
+    prepare_destination(out_dir, overwrite)
+    records = load_prompt_records(config.prompts)
+    if config.max_prompts:
+        records = records[: config.max_prompts]
+    scorer = make_scorer(config.scorer, device=config.device or "cpu")
+    loaded = dict(models or {})
+
+    # Validate the layer list on every model before the first cell runs.
+    plans = []
+    for spec in config.models:
+        model = loaded.get(spec) or load_model(spec, device=config.device or None)
+        loaded[spec] = model
+        layers = parse_layers(config.layers, model.n_layers)
+        prompts = [str(record["prompt"]) for record in records]
+        batches = [build_batch(model, chunk) for chunk in _chunks(prompts, config.batch_size)]
+        plans.append((spec, model, layers, batches))
+
+    total = sum(len(layers) * len(config.budgets) for _, _, layers, _ in plans)
+    done = 0
+    started = time.monotonic()
+    rows: list[dict] = []
+    model_info = []
+    for spec, model, layers, batches in plans:
+        name = model.short_name()
+        logger.info("sweeping %s: %d layers x %d budgets x %d prompts", spec, len(layers), len(config.budgets), len(records))
+        cleans = [clean_reference(model, batch, config.attack, scorer, config.max_new_tokens) for batch in batches]
+        model_info.append(
+            {"spec": spec, "name": name, "n_layers": model.n_layers, "d_model": model.d_model,
+             "n_params": model.n_params, "nudge_layer": (model.nudge or {}).get("layer")}
+        )
+        for layer in layers:
+            for budget in config.budgets:
+                offset = 0
+                for batch, clean in zip(batches, cleans):
+                    batch_rows = attack_batch(
+                        model, batch, layer, budget, clean, config.attack, scorer, config.max_new_tokens
+                    )
+                    for row in batch_rows:
+                        index = offset + row.pop("batch_index")
+                        record = records[index]
+                        row.update(
+                            model=name,
+                            prompt_id=str(record.get("id", index)),
+                            category=str(record.get("category", "")),
+                        )
+                    rows.extend(batch_rows)
+                    offset += len(batch)
+                done += 1
+                if progress is not None:
+                    progress(done, total, f"{name} layer {layer_label(layer)} budget {budget:g}")
+
+    cells = pd.DataFrame(rows, columns=list(CELL_COLUMNS))
+    summary = summarize(cells, seed=config.attack.seed)
+    run_config = {
+        "kind": "lvs-sweep",
+        "version": lvs_core.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "machine": platform.machine(),
+        "settings": {**asdict(config), "models": list(config.models), "budgets": list(config.budgets)},
+        "models": model_info,
+        "n_prompts": len(records),
+        "attacks": list(ATTACKS),
+    }
+    return write_run(out_dir, run_config, cells, summary, overwrite=overwrite)
+
+
+def audit_gap_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Return, per model and layer, clean refusal and the PGD LVS at each budget (a wide table)."""
+    pgd = summary[summary["attack"] == "pgd"]
+    if pgd.empty:
+        return pd.DataFrame()
+    table = pgd.pivot_table(index=["model", "layer"], columns="budget", values="lvs_median", aggfunc="first")
+    table.columns = [f"lvs@{budget:g}" for budget in table.columns]
+    return table.reset_index()
