@@ -198,15 +198,17 @@ def pgd_attack(
             if step == config.steps:
                 history.append(nll.detach())
                 break
-            (gradient,) = torch.autograd.grad(nll.sum(), delta)
+            gradient = None
+            if nll.requires_grad:
+                (gradient,) = torch.autograd.grad(nll.sum(), delta, allow_unused=True)
         history.append(nll.detach())
-        if step == 0 and not torch.isfinite(gradient).all():
-            raise RuntimeError(f"non-finite gradient at layer {layer_label(layer)} of {model.spec}")
-        if step == 0 and float((gradient * mask).abs().sum()) == 0.0:
+        if gradient is None or float((gradient * mask).abs().sum()) == 0.0:
             raise RuntimeError(
                 f"no gradient reaches the delta at layer {layer_label(layer)} of {model.spec}: "
                 "this layer cannot be attacked, pick another"
             )
+        if not torch.isfinite(gradient).all():
+            raise RuntimeError(f"non-finite gradient at layer {layer_label(layer)} of {model.spec}")
 
         # Sign step down the NLL, then project back into the L-inf ball on prompt positions.
         with torch.no_grad():

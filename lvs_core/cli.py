@@ -69,17 +69,21 @@ def _sweep(args: argparse.Namespace) -> int:
     )
     config.validate()
     out = Path(args.out) if args.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
-    bar = tqdm(total=None, unit="cell", desc="sweep", dynamic_ncols=True)
+    bars: list = []
 
+    # The bar starts with the first finished cell, so that an input error found while
+    # loading the models prints nothing but its one-line message.
     def progress(done: int, total: int, label: str) -> None:
-        bar.total = total
-        bar.set_postfix_str(label)
-        bar.update(done - bar.n)
+        if not bars:
+            bars.append(tqdm(total=total, unit="cell", desc="sweep", dynamic_ncols=True))
+        bars[0].set_postfix_str(label)
+        bars[0].update(done - bars[0].n)
 
     try:
         path = run_sweep(config, out, overwrite=args.overwrite, progress=progress)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     run = load_run(path)
     print(format_summary(run.summary))
     print(f"run written to {path}")
@@ -161,6 +165,9 @@ COMMANDS = {"sweep": _sweep, "flip": _flip, "build-zoo": _build_zoo, "demo-run":
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
