@@ -1,0 +1,1 @@
+"""The lvs-audit Streamlit dashboard: run ``streamlit run dashboard/app.py`` from the repository root."""
