@@ -1,0 +1,50 @@
+"""Entry point of the lvs-audit dashboard: ``streamlit run dashboard/app.py`` from the repository root.
+
+Pages: a landing page, Live flip (attack one prompt on a loaded model) and LVS heatmaps
+(read a sweep's run folder). ``dashboard/state.py`` lists the environment variables
+that change the default models, prompts and run.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+# Streamlit puts only this file's folder on sys.path; the pages import the
+# ``dashboard`` package, so the repository root has to be there too.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+LIVE_FLIP_PAGE = st.Page("pages/live_flip.py", title="Live flip", icon=":material/bolt:")
+HEATMAPS_PAGE = st.Page("pages/heatmaps.py", title="LVS heatmaps", icon=":material/grid_on:")
+
+
+def home() -> None:
+    st.title("lvs-audit")
+    st.markdown(
+        """
+A chat model can refuse a harmful request and still comply once a small perturbation is
+added to its residual stream. Output-level
+red-teaming does not see this **audit gap**; a latent attack does. For a prompt, a layer
+and a budget *b*, projected gradient descent (PGD) searches for a delta with
+‖δ‖∞ ≤ *b* · max|h| on the prompt positions that makes an affirmative answer more likely,
+and a uniform random delta of the same radius serves as the control.
+
+The **Latent Vulnerability Score** (LVS) is the drop in a harmlessness score per unit of
+log perturbation size, max(0, S(clean) − S(perturbed)) / (log(1 + ‖δ‖₂) + 10⁻⁴). A model that
+refuses cleanly but has a high LVS under PGD, and not under the random control, is
+safe only on the surface.
+"""
+    )
+    st.page_link(LIVE_FLIP_PAGE, label="Live flip: attack one prompt and compare the generations")
+    st.page_link(HEATMAPS_PAGE, label="LVS heatmaps: median LVS per layer and budget from a sweep")
+
+
+st.set_page_config(page_title="lvs-audit", page_icon=":material/shield:", layout="wide")
+navigation = st.navigation(
+    [st.Page(home, title="Home", icon=":material/home:", default=True), LIVE_FLIP_PAGE, HEATMAPS_PAGE]
+)
+navigation.run()
