@@ -8,7 +8,10 @@ no demo asset is needed. Models, hooks and attacks are the real ones.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -30,7 +33,7 @@ from conftest_dashboard import (
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from dashboard import charts  # noqa: E402
+from dashboard import charts, state  # noqa: E402
 from dashboard.state import OTHER_MODEL, OTHER_RUN  # noqa: E402
 from lvs_core.live import flip_prompt  # noqa: E402
 from lvs_core.models import load_model  # noqa: E402
@@ -193,6 +196,34 @@ def test_heatmaps_other_folder_waits_for_path(app_env):
     assert not app.error, [element.value for element in app.error]
     assert app.info, "expected a prompt to enter a run folder"
     assert not app.get("plotly_chart")
+
+
+def test_heatmaps_no_run_found_hint(app_env, monkeypatch, tmp_path):
+    monkeypatch.delenv("LVS_AUDIT_RUN_DIR")
+    monkeypatch.setattr(state, "DEMO_RUN_DIR", tmp_path / "no-demo-run")
+    monkeypatch.chdir(tmp_path)
+
+    app = open_page(HEATMAPS)
+
+    assert_no_exception(app)
+    assert widget(app.selectbox, "Run").options == [OTHER_RUN]
+    assert not app.error, [element.value for element in app.error]
+    assert "No run found" in app.info[0].value
+
+
+def test_run_choices_order(app_env, monkeypatch, tmp_path):
+    runs_root = tmp_path / "runs"
+    runs_root.mkdir()
+    shutil.copytree(app_env.run_dir, runs_root / "older")
+    shutil.copytree(app_env.run_dir, runs_root / "newer")
+    os.utime(runs_root / "older", (1, 1))
+    shutil.copytree(app_env.run_dir, runs_root / ".hidden-partial")
+    monkeypatch.setattr(state, "DEMO_RUN_DIR", tmp_path / "no-demo-run")
+    monkeypatch.chdir(tmp_path)
+
+    choices = state.run_choices()
+
+    assert choices == [str(app_env.run_dir), str(runs_root / "newer"), str(runs_root / "older")]
 
 
 def test_heatmaps_missing_folder_error(app_env, tmp_path):
@@ -371,6 +402,25 @@ def test_live_flip_invalid_device_error(app_env, monkeypatch):
     assert_no_exception(app)
     assert len(app.error) == 1
     assert "LVS_AUDIT_DEVICE" in app.error[0].value
+
+
+def test_flip_concurrent_calls_match_sequential(app_env):
+    # Two sessions attacking the same cached model at different layers: without the
+    # per-model lock, one call's hooks would act on the other's forward passes.
+    spec = str(app_env.checkpoints["dissociated"])
+    prompt = PROMPTS[1][0]
+    requests = [(spec, prompt, layer, 0.4, MAX_NEW_TOKENS) for layer in ("embedding", "0", "1", "2")]
+    state.flip.clear()
+
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        results = list(pool.map(lambda request: state.flip(*request), requests))
+
+    model = load_model(spec, device="cpu")
+    for (_, _, layer, budget, max_new_tokens), result in zip(requests, results):
+        expected = flip_prompt(model, prompt, layer, budget, max_new_tokens=max_new_tokens)
+        for key in ("clean", "pgd", "random"):
+            assert result[key]["text"] == expected[key]["text"], (layer, key)
+            assert result[key]["margin"] == pytest.approx(expected[key]["margin"], abs=1e-4), (layer, key)
 
 
 # Chart helpers, on the same run without Streamlit

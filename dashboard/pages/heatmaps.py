@@ -30,7 +30,13 @@ def choose_run_path() -> str:
         return choice
     path = st.text_input("Run folder", key="run_path", placeholder="runs/my-sweep").strip()
     if not path:
-        st.info("Enter the path of a run folder written by 'lvs-audit sweep'.")
+        if not choices:
+            st.info(
+                f"No run found: the demo run {state.DEMO_RUN_DIR} is missing and ./runs/ has none. "
+                "Enter the path of a run folder, or write one with 'lvs-audit sweep'."
+            )
+        else:
+            st.info("Enter the path of a run folder written by 'lvs-audit sweep'.")
         st.stop()
     return path
 
