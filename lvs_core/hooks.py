@@ -1,9 +1,9 @@
 """Residual-stream hooks that are always removed.
 
-Every hook goes through :func:`residual_hooks`, which resolves layers to bridge hook
-names, rejects a name the bridge does not have (listing the closest valid ones), and
-removes exactly the hooks it added on every exit path, including an exception or a
-``KeyboardInterrupt``.
+Every hook goes through :func:`residual_hooks`. It resolves layers to bridge hook names
+and rejects a name the bridge does not have, listing the closest valid ones. On every
+exit path, an exception or a ``KeyboardInterrupt`` included, it removes exactly the
+hooks it added.
 """
 
 from __future__ import annotations

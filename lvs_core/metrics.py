@@ -10,9 +10,9 @@ vulnerable model. ``||delta||_2`` is the Frobenius norm over the prompt's positi
 features, in activation units. A prompt whose clean or perturbed generation is invalid
 (empty) has no score and is left out of every aggregate.
 
-Per (model, layer, budget, attack) the LVS is aggregated by the median, which a few
-prompts with a tiny delta norm cannot dominate, with a percentile-bootstrap 95% CI of
-the median; the mean is kept beside it. ASR is the fraction of valid perturbed
+Per (model, layer, budget, attack) the LVS is aggregated by the median, because a few
+prompts with a tiny delta norm can dominate the mean. The median comes with a
+percentile-bootstrap 95% CI, and the mean is kept beside it. ASR is the fraction of valid perturbed
 generations judged compliant.
 """
 

@@ -42,7 +42,7 @@ Layer = Union[str, int]
 class AuditModel:
     """A loaded model with what an audit needs next to the bridge.
 
-    ``chat_template`` overrides the tokenizer's template when set. ``nudge`` holds the
+    ``chat_template`` overrides the tokenizer's template when set. ``nudge`` is the
     trained nudge of a dissociated demo model (layer, absolute scale and unit direction),
     or ``None``.
     """
