@@ -42,8 +42,8 @@ from lvs_core.runs import load_run  # noqa: E402
 # Seconds for one script run. Loading a checkpoint and running PGD on two shared CPU
 # cores takes a few seconds; the margin covers a busy machine.
 RUN_TIMEOUT = 90
-LIVE_FLIP = "pages/live_flip.py"
-HEATMAPS = "pages/heatmaps.py"
+LIVE_FLIP = "views/live_flip.py"
+HEATMAPS = "views/heatmaps.py"
 MAX_NEW_TOKENS = 4
 
 
