@@ -18,8 +18,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-# The page scripts live in views/, not pages/: with a pages/ folder next to this file,
-# Streamlit 1.67 serves a first request for a page URL (such as /heatmaps) through its
+# The page scripts live in views/, not pages/. With a pages/ folder next to this file,
+# Streamlit 1.67 answers a first request for a page URL (such as /heatmaps) with its
 # older folder-based navigation, which skips this script and its st.navigation.
 LIVE_FLIP_PAGE = st.Page("views/live_flip.py", title="Live flip", icon=":material/bolt:")
 HEATMAPS_PAGE = st.Page("views/heatmaps.py", title="LVS heatmaps", icon=":material/grid_on:")
