@@ -202,11 +202,21 @@ def pgd_attack(
             if nll.requires_grad:
                 (gradient,) = torch.autograd.grad(nll.sum(), delta, allow_unused=True)
         history.append(nll.detach())
-        if gradient is None or float((gradient * mask).abs().sum()) == 0.0:
+        if gradient is None:
             raise RuntimeError(
                 f"no gradient reaches the delta at layer {layer_label(layer)} of {model.spec}: "
                 "this layer cannot be attacked, pick another"
             )
+        if float((gradient * mask).abs().sum()) == 0.0:
+            # An all-zero gradient is a cut graph unless the target is already certain,
+            # where float32 rounds p(target) to 1 and there is nothing left to lower.
+            if float(nll.max()) > 1e-4:
+                raise RuntimeError(
+                    f"no gradient reaches the delta at layer {layer_label(layer)} of {model.spec}: "
+                    "this layer cannot be attacked, pick another"
+                )
+            history.extend([nll.detach()] * (config.steps - step))
+            break
         if not torch.isfinite(gradient).all():
             raise RuntimeError(f"non-finite gradient at layer {layer_label(layer)} of {model.spec}")
 
