@@ -52,11 +52,17 @@ def greedy_generate(
     delta: torch.Tensor | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     use_cache: bool = True,
+    prompt_hooks: list | None = None,
 ) -> Generation:
-    """Generate greedily from each prompt, under ``delta`` at ``layer`` when given."""
+    """Generate greedily from each prompt, under ``delta`` at ``layer`` when given.
+
+    ``prompt_hooks`` are further ``(layer, hook)`` pairs that act on the prompt positions
+    only, the first ``pos`` positions of the activation, as the delta hook does.
+    """
     batch_size = len(batch)
     eos = torch.tensor(model.eos_token_ids or [-1], device=batch.input_ids.device)
     hooks = [] if delta is None else [(layer, add_prompt_delta(delta))]
+    hooks += list(prompt_hooks or [])
     input_ids = batch.input_ids
     attention_mask = batch.attention_mask
     new_tokens = torch.empty((batch_size, 0), dtype=torch.long, device=input_ids.device)

@@ -89,3 +89,51 @@ def summarize(cells: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """Return the Wilson score interval of a binomial rate (95% by default).
+
+    Unlike the normal approximation, it stays inside [0, 1] and is informative at 0 or
+    ``trials`` successes. With no trials both bounds are NaN.
+    """
+    if trials <= 0:
+        return float("nan"), float("nan")
+    rate = successes / trials
+    denominator = 1 + z**2 / trials
+    centre = (rate + z**2 / (2 * trials)) / denominator
+    half_width = z * np.sqrt(rate * (1 - rate) / trials + z**2 / (4 * trials**2)) / denominator
+    return float(max(0.0, centre - half_width)), float(min(1.0, centre + half_width))
+
+
+def auroc(scores, labels) -> float:
+    """Return the area under the ROC curve of ``scores`` for binary ``labels`` (ties count half).
+
+    It is the probability that a random positive scores above a random negative; NaN when
+    one class is missing.
+    """
+    scores = np.asarray(scores, dtype=float)
+    labels = np.asarray(labels, dtype=bool)
+    positives = scores[labels]
+    negatives = scores[~labels]
+    if positives.size == 0 or negatives.size == 0:
+        return float("nan")
+    greater = (positives[:, None] > negatives[None, :]).sum()
+    ties = (positives[:, None] == negatives[None, :]).sum()
+    return float((greater + 0.5 * ties) / (positives.size * negatives.size))
+
+
+def expected_calibration_error(probabilities, labels, bins: int = 10) -> float:
+    """Return the expected calibration error: the bin-weighted mean of |mean probability - positive rate|."""
+    probabilities = np.asarray(probabilities, dtype=float)
+    labels = np.asarray(labels, dtype=float)
+    if probabilities.size == 0:
+        return float("nan")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(probabilities, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            error += members.mean() * abs(probabilities[members].mean() - labels[members].mean())
+    return float(error)
