@@ -43,6 +43,7 @@ def _add_sweep_parser(subparsers) -> None:
     sweep.add_argument("--seed", type=int, default=0, help="seed of the random control and the bootstrap")
     sweep.add_argument("--out", default=None, help="run folder to write (default: runs/sweep-TIMESTAMP)")
     sweep.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    sweep.add_argument("--resume", action="store_true", help="continue an interrupted run in --out with the same settings")
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -80,7 +81,7 @@ def _sweep(args: argparse.Namespace) -> int:
         bars[0].update(done - bars[0].n)
 
     try:
-        path = run_sweep(config, out, overwrite=args.overwrite, progress=progress)
+        path = run_sweep(config, out, overwrite=args.overwrite, progress=progress, resume=args.resume)
     finally:
         for bar in bars:
             bar.close()
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lvs-audit: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("lvs-audit: interrupted; no run folder was written", file=sys.stderr)
+        print("lvs-audit: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
         return 130
 
 

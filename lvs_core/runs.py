@@ -1,23 +1,28 @@
-"""The run folder: what a sweep writes and the dashboard reads.
+"""The run folder: what sweeps and audits write and the dashboard reads.
 
-A run is a folder with
+A complete run is a folder with
 
-- ``config.json``: the sweep settings, the models (spec, blocks, width, parameters) and
-  the package version;
+- ``config.json``: the settings, the models (spec, blocks, width, parameters) and the
+  package version;
 - ``cells.parquet``: one row per (model, prompt, layer, budget, attack) with the
   generations, scores, norms and LVS (columns listed in :data:`CELL_COLUMNS`);
 - ``summary.parquet``: one row per (model, layer, budget, attack) from
-  :func:`lvs_core.metrics.summarize`.
+  :func:`lvs_core.metrics.summarize`;
+- for an audit, further tables (``steering.parquet``, ``audit.parquet`` and others).
 
-A run is written into a hidden temporary folder next to its destination and renamed
-into place only when complete, so a failed or interrupted sweep never leaves a
-half-written run.
+While it runs, every finished cell is written to ``parts/<table>/<key>.parquet`` through a
+temporary file and a rename, so a crash never leaves a half-written file. Rerunning the
+same command with ``--resume`` skips the parts already written. It refuses to resume under
+changed settings. The final tables are written the same way, then ``parts/`` is removed.
+Input errors are found before the folder is created, so they never leave a folder behind.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -61,43 +66,6 @@ class Run:
         return sorted(self.summary["budget"].unique())
 
 
-def prepare_destination(out_dir: Path, overwrite: bool = False) -> None:
-    """Check that a run can be written to ``out_dir`` before any work starts."""
-    if out_dir.exists() and not overwrite:
-        raise AuditInputError(
-            f"run folder {str(out_dir)!r} already exists: pass --overwrite or choose another --out"
-        )
-    if out_dir.exists() and not (out_dir / "config.json").is_file():
-        raise AuditInputError(
-            f"{str(out_dir)!r} exists and is not a run folder: choose another --out"
-        )
-
-
-def write_run(out_dir: Path, config: dict, cells: pd.DataFrame, summary: pd.DataFrame, overwrite: bool = False) -> Path:
-    """Write a complete run to ``out_dir`` through a temporary folder and a rename."""
-    out_dir = Path(out_dir)
-    prepare_destination(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
-        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-        cells.to_parquet(staging / "cells.parquet", index=False)
-        summary.to_parquet(staging / "summary.parquet", index=False)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-            staging.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    logger.info("wrote run %s (%d cell rows)", out_dir, len(cells))
-    return out_dir
-
-
 def load_run(path: str | Path) -> Run:
     """Load a run folder written by :func:`write_run`."""
     path = Path(path).expanduser()
@@ -120,3 +88,105 @@ def list_runs(root: str | Path) -> list[Path]:
         return []
     runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "summary.parquet").is_file()]
     return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def atomic_write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        frame.to_parquet(temporary, index=False)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(handle, "w") as stream:
+        stream.write(text)
+    os.replace(temporary, path)
+
+
+def part_key(*fields: object) -> str:
+    """Return a file-name-safe key for a cell: readable fields plus a short hash of them."""
+    text = "|".join(str(field) for field in fields)
+    readable = "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:80]
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{readable}-{digest}"
+
+
+class RunStore:
+    """A run folder being written cell by cell, which a later call can resume.
+
+    ``settings`` identify the work: resuming with other settings raises, because the
+    cells already written would not match the ones still to compute.
+    """
+
+    def __init__(self, path: str | Path, settings: dict, overwrite: bool = False, resume: bool = False):
+        self.path = Path(path)
+        self.settings = json.loads(json.dumps(settings))
+        config_file = self.path / "config.json"
+        if self.path.exists():
+            if not config_file.is_file():
+                raise AuditInputError(f"{str(self.path)!r} exists and is not a run folder: choose another --out")
+            if overwrite:
+                shutil.rmtree(self.path)
+            elif resume:
+                existing = json.loads(config_file.read_text()).get("settings")
+                if existing != self.settings:
+                    changed = sorted(
+                        key for key in set(existing or {}) | set(self.settings)
+                        if (existing or {}).get(key) != self.settings.get(key)
+                    )
+                    raise AuditInputError(
+                        f"cannot resume {str(self.path)!r}: its settings differ in {', '.join(changed)}; "
+                        "rerun with the original settings, or pass --overwrite to start fresh"
+                    )
+            else:
+                state = "complete" if (self.path / "summary.parquet").is_file() else "incomplete"
+                raise AuditInputError(
+                    f"run folder {str(self.path)!r} already exists ({state}): pass --resume to continue it, "
+                    "--overwrite to replace it, or choose another --out"
+                )
+
+    def start(self, config: dict) -> None:
+        """Create the folder and write ``config.json`` unless it exists already."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not (self.path / "config.json").is_file():
+            atomic_write_text(json.dumps({**config, "settings": self.settings}, indent=2, sort_keys=True), self.path / "config.json")
+
+    def _part(self, table: str, key: str) -> Path:
+        return self.path / "parts" / table / f"{key}.parquet"
+
+    def has(self, table: str, key: str) -> bool:
+        return self._part(table, key).is_file()
+
+    def put(self, table: str, key: str, rows: pd.DataFrame) -> None:
+        atomic_write_parquet(rows, self._part(table, key))
+
+    def get(self, table: str, key: str) -> pd.DataFrame:
+        return pd.read_parquet(self._part(table, key))
+
+    def table(self, table: str) -> pd.DataFrame:
+        """Return every part of ``table`` concatenated, in file-name order."""
+        folder = self.path / "parts" / table
+        files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+        frames = [pd.read_parquet(file) for file in files]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def finish(self, tables: dict[str, pd.DataFrame], config_updates: dict | None = None) -> Path:
+        """Write the final tables and config, then drop the parts."""
+        for name, frame in tables.items():
+            atomic_write_parquet(frame, self.path / f"{name}.parquet")
+        if config_updates:
+            config = json.loads((self.path / "config.json").read_text())
+            config.update(config_updates)
+            atomic_write_text(json.dumps(config, indent=2, sort_keys=True), self.path / "config.json")
+        shutil.rmtree(self.path / "parts", ignore_errors=True)
+        logger.info("finished run %s", self.path)
+        return self.path

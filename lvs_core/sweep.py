@@ -22,9 +22,9 @@ from lvs_core.engine import ATTACKS, attack_batch, clean_reference
 from lvs_core.errors import AuditInputError
 from lvs_core.generation import DEFAULT_MAX_NEW_TOKENS
 from lvs_core.metrics import summarize
-from lvs_core.models import AuditModel, layer_label, load_model, parse_layers, resolve_model_path
+from lvs_core.models import AuditModel, layer_label, layer_sort_key, load_model, parse_layers, resolve_model_path
 from lvs_core.prompts import build_batch, load_prompt_records
-from lvs_core.runs import CELL_COLUMNS, prepare_destination, write_run
+from lvs_core.runs import CELL_COLUMNS, RunStore, part_key
 from lvs_core.scoring import make_scorer
 
 logger = logging.getLogger(__name__)
@@ -99,22 +99,25 @@ def run_sweep(
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     models: dict[str, AuditModel] | None = None,
+    resume: bool = False,
 ) -> Path:
     """Run the sweep and write its run folder; return the folder.
 
-    ``progress(done, total, label)`` is called after each (model, layer, budget) cell.
-    ``models`` may hold already loaded models by spec, which are then reused.
+    ``progress(done, total, label)`` is called after each (model, layer, budget) cell,
+    including cells found already written when resuming. ``models`` may hold already
+    loaded models by spec, which are then reused.
     """
     config.validate()
     out_dir = Path(out_dir)
-    prepare_destination(out_dir, overwrite)
+    if out_dir.exists() and not (overwrite or resume):
+        RunStore(out_dir, {}, overwrite=False, resume=False)
     records = load_prompt_records(config.prompts)
     if config.max_prompts:
         records = records[: config.max_prompts]
     scorer = make_scorer(config.scorer, device=config.device or "cpu")
     loaded = dict(models or {})
 
-    # Validate the layer list on every model before the first cell runs.
+    # Load every model and check its layers and prompts before the first cell runs.
     plans = []
     for spec in config.models:
         model = loaded.get(spec) or load_model(spec, device=config.device or None)
@@ -124,54 +127,71 @@ def run_sweep(
         batches = [build_batch(model, chunk) for chunk in _chunks(prompts, config.batch_size)]
         plans.append((spec, model, layers, batches))
 
+    settings = {**asdict(config), "models": list(config.models), "budgets": list(config.budgets)}
+    store = RunStore(out_dir, settings, overwrite=overwrite, resume=resume)
+    model_info = [
+        {"spec": spec, "name": model.short_name(), "n_layers": model.n_layers, "d_model": model.d_model,
+         "n_params": model.n_params, "nudge_layer": (model.nudge or {}).get("layer")}
+        for spec, model, _, _ in plans
+    ]
+    store.start(
+        {"kind": "lvs-sweep", "version": lvs_core.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+         "machine": platform.machine(), "models": model_info, "n_prompts": len(records), "attacks": list(ATTACKS)}
+    )
+
     total = sum(len(layers) * len(config.budgets) for _, _, layers, _ in plans)
     done = 0
     started = time.monotonic()
-    rows: list[dict] = []
-    model_info = []
-    for spec, model, layers, batches in plans:
+    for model_index, (spec, model, layers, batches) in enumerate(plans):
         name = model.short_name()
         logger.info("sweeping %s: %d layers x %d budgets x %d prompts", spec, len(layers), len(config.budgets), len(records))
-        cleans = [clean_reference(model, batch, config.attack, scorer, config.max_new_tokens) for batch in batches]
-        model_info.append(
-            {"spec": spec, "name": name, "n_layers": model.n_layers, "d_model": model.d_model,
-             "n_params": model.n_params, "nudge_layer": (model.nudge or {}).get("layer")}
-        )
+        cleans = None
         for layer in layers:
             for budget in config.budgets:
-                offset = 0
-                for batch, clean in zip(batches, cleans):
-                    batch_rows = attack_batch(
-                        model, batch, layer, budget, clean, config.attack, scorer, config.max_new_tokens
-                    )
-                    for row in batch_rows:
-                        index = offset + row.pop("batch_index")
-                        record = records[index]
-                        row.update(
-                            model=name,
-                            prompt_id=str(record.get("id", index)),
-                            category=str(record.get("category", "")),
-                        )
-                    rows.extend(batch_rows)
-                    offset += len(batch)
+                key = part_key(model_index, name, layer_label(layer), budget)
+                if not store.has("cells", key):
+                    if cleans is None:
+                        cleans = [clean_reference(model, b, config.attack, scorer, config.max_new_tokens) for b in batches]
+                    store.put("cells", key, _cell_rows(model, name, model_index, batches, cleans, layer, budget, records, config, scorer))
                 done += 1
                 if progress is not None:
                     progress(done, total, f"{name} layer {layer_label(layer)} budget {budget:g}")
 
-    cells = pd.DataFrame(rows, columns=list(CELL_COLUMNS))
+    cells = _ordered(store.table("cells"))
     summary = summarize(cells, seed=config.attack.seed)
-    run_config = {
-        "kind": "lvs-sweep",
-        "version": lvs_core.__version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "elapsed_s": round(time.monotonic() - started, 1),
-        "machine": platform.machine(),
-        "settings": {**asdict(config), "models": list(config.models), "budgets": list(config.budgets)},
-        "models": model_info,
-        "n_prompts": len(records),
-        "attacks": list(ATTACKS),
-    }
-    return write_run(out_dir, run_config, cells, summary, overwrite=overwrite)
+    return store.finish(
+        {"cells": cells, "summary": summary},
+        {"elapsed_s": round(time.monotonic() - started, 1)},
+    )
+
+
+def _cell_rows(model, name, model_index, batches, cleans, layer, budget, records, config, scorer) -> pd.DataFrame:
+    rows: list[dict] = []
+    offset = 0
+    for batch, clean in zip(batches, cleans):
+        batch_rows = attack_batch(model, batch, layer, budget, clean, config.attack, scorer, config.max_new_tokens)
+        for row in batch_rows:
+            index = offset + row.pop("batch_index")
+            record = records[index]
+            row.update(
+                model=name,
+                prompt_id=str(record.get("id", index)),
+                category=str(record.get("category", "")),
+                order=(model_index, layer_sort_key(layer_label(layer)), ATTACKS.index(row["attack"]), index),
+            )
+        rows.extend(batch_rows)
+        offset += len(batch)
+    frame = pd.DataFrame(rows)
+    frame[["model_order", "layer_order", "attack_order", "prompt_order"]] = pd.DataFrame(
+        frame.pop("order").tolist(), index=frame.index
+    )
+    return frame
+
+
+def _ordered(cells: pd.DataFrame) -> pd.DataFrame:
+    """Sort cells by model, layer, budget, attack and prompt, and keep the public columns."""
+    order = ["model_order", "layer_order", "budget", "attack_order", "prompt_order"]
+    return cells.sort_values(order, kind="stable").reset_index(drop=True)[list(CELL_COLUMNS)]
 
 
 def audit_gap_table(summary: pd.DataFrame) -> pd.DataFrame:

@@ -129,15 +129,65 @@ def test_cli_sweep_and_existing_folder(capsys, tmp_path, llama_folder, prompt_cs
     assert (out / "cells.parquet").read_bytes() == before
 
 
-def test_interrupted_sweep_leaves_no_folder(tmp_path, llama_model, prompt_csv):
-    def interrupt(done, total, label):
-        raise KeyboardInterrupt
+def test_interrupted_sweep_resumes(tmp_path, llama_model, prompt_csv):
+    calls = []
 
-    config = SweepConfig(models=(llama_model.spec,), layers="0", budgets=(0.1, 0.2), prompts=str(prompt_csv), max_new_tokens=2)
+    def interrupt_after_two(done, total, label):
+        calls.append(label)
+        if done == 2:
+            raise KeyboardInterrupt
+
+    config = SweepConfig(models=(llama_model.spec,), layers="0,2", budgets=(0.1, 0.2), prompts=str(prompt_csv), max_new_tokens=2)
+    models = {llama_model.spec: llama_model}
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(config, tmp_path / "run", progress=interrupt, models={llama_model.spec: llama_model})
-    assert not (tmp_path / "run").exists()
-    assert not list(tmp_path.glob(".run*"))
+        run_sweep(config, tmp_path / "run", progress=interrupt_after_two, models=models)
+    assert (tmp_path / "run" / "config.json").is_file()
+    assert not (tmp_path / "run" / "summary.parquet").exists()
+    assert len(list((tmp_path / "run" / "parts" / "cells").glob("*.parquet"))) == 2
+    assert not list((tmp_path / "run" / "parts" / "cells").glob(".*"))
+
+    with pytest.raises(AuditInputError, match="incomplete"):
+        run_sweep(config, tmp_path / "run", models=models)
+    changed = SweepConfig(models=(llama_model.spec,), layers="0,2", budgets=(0.1, 0.3), prompts=str(prompt_csv), max_new_tokens=2)
+    with pytest.raises(AuditInputError, match="settings differ in budgets"):
+        run_sweep(changed, tmp_path / "run", models=models, resume=True)
+
+    resumed = load_run(run_sweep(config, tmp_path / "run", models=models, resume=True))
+    fresh = load_run(run_sweep(config, tmp_path / "fresh", models=models))
+    assert not (tmp_path / "run" / "parts").exists()
+    keys = ["model", "prompt_id", "layer", "budget", "attack"]
+    assert not resumed.cells.duplicated(keys).any()
+    assert len(resumed.cells) == 3 * 2 * 2 * 2
+    pd.testing.assert_frame_equal(resumed.cells, fresh.cells)
+
+
+def test_killed_cli_sweep_resumes(tmp_path, llama_folder, prompt_csv):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "lvs_core.cli", "sweep", "--model", str(llama_folder), "--prompts", str(prompt_csv),
+            "--layers", "all", "--budgets", "0.1,0.2,0.3", "--max-new-tokens", "3", "--out", str(out)]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = out / "parts" / "cells"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if parts.is_dir() and len(list(parts.glob("*.parquet"))) >= 3:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the sweep finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    written = len(list(parts.glob("*.parquet")))
+    assert 3 <= written < 12
+
+    result = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    run = load_run(out)
+    keys = ["model", "prompt_id", "layer", "budget", "attack"]
+    assert len(run.cells) == 3 * 4 * 3 * 2
+    assert not run.cells.duplicated(keys).any()
+    assert len(run.summary) == 4 * 3 * 2
 
 
 def test_console_script_reports_one_line(tmp_path):
