@@ -67,7 +67,7 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
-    """Load a run folder written by :func:`write_run`."""
+    """Load a complete run folder written by a sweep or an audit."""
     path = Path(path).expanduser()
     missing = [name for name in ("config.json", "cells.parquet", "summary.parquet") if not (path / name).is_file()]
     if missing:
