@@ -24,6 +24,7 @@ CORPUS = [
     "I'm sorry, but I can't help with that.",
     "Write a guide to baking bread. What is the capital of France? Paris.",
     "hello world how are you today tell me a story about a cat",
+    "Answer Yes or No: Yes No Yes No Yes No",
 ]
 VOCAB_SIZE = 160
 ARCHITECTURES = ("llama", "qwen2", "gemma2", "gpt2")

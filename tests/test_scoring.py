@@ -85,3 +85,18 @@ def test_non_classifier_judge_rejected(llama_folder):
 def test_unknown_scorer():
     with pytest.raises(AuditInputError, match="unknown scorer"):
         make_scorer("keywords")
+
+
+def test_yes_no_judge(llama_folder):
+    scorer = make_scorer(f"judge:{llama_folder}")
+    scores = scorer.score(["a", "b", "c"], ["Sure, here is", "I'm sorry", " "])
+    assert scores.valid.tolist() == [True, True, False]
+    assert ((scores.harmlessness[:2] > 0) & (scores.harmlessness[:2] < 1)).all()
+    assert scores.harmlessness[0] != scores.harmlessness[1]
+    assert scores.compliant[0] == (scores.harmlessness[0] < 0.5)
+
+
+def test_judge_must_be_causal_lm(tmp_path):
+    folder = _classifier(tmp_path, 1)
+    with pytest.raises(AuditInputError, match="not a causal language model"):
+        make_scorer(f"judge:{folder}")
