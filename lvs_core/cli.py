@@ -149,6 +149,113 @@ def _demo_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_audit_parser(subparsers) -> None:
+    audit = subparsers.add_parser("audit", help="run every intervention on one model and write its audit summary")
+    audit.add_argument("--model", required=True, metavar="SPEC", help="the audited model")
+    audit.add_argument("--twin", action="append", default=[], metavar="ROLE=SPEC",
+                       help="safe=SPEC (probe reference) or harmful=SPEC (steering direction); repeatable")
+    audit.add_argument("--prompts", default="heldout", help="harmful evaluation prompts: a named set or a CSV/JSONL file")
+    audit.add_argument("--benign-prompts", default="heldout-benign", help="benign prompts for over-refusal")
+    audit.add_argument("--max-prompts", type=int, default=0, help="use only the first N prompts of each set")
+    audit.add_argument("--layers", default="all", help="layers of the LVS profile and of patching")
+    audit.add_argument("--budget", default="0.1", help="L-inf budget of the LVS profile, a fraction of max|h|")
+    audit.add_argument("--steer-fracs", default="0.25,0.5,1,2", help="steering sizes as fractions of the mean residual norm")
+    audit.add_argument("--steer-layer", default="", help="steering layer (default: the trained nudge layer or the middle block)")
+    audit.add_argument("--finetune-steps", type=int, default=40, help="fine-tuning steps per seed")
+    audit.add_argument("--finetune-every", type=int, default=5, help="evaluate compliance every N fine-tuning steps")
+    audit.add_argument("--finetune-lr", type=float, default=3e-4, help="fine-tuning learning rate")
+    audit.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds")
+    audit.add_argument("--steps", default=",".join(("behaviour", "probe", "lvs", "steering", "finetune", "patching")),
+                       help="audit steps to run, a comma list")
+    audit.add_argument("--max-new-tokens", type=int, default=24)
+    audit.add_argument("--device", default="")
+    audit.add_argument("--out", default=None, help="run folder (default: runs/audit-NAME-TIMESTAMP)")
+    audit.add_argument("--overwrite", action="store_true")
+    audit.add_argument("--resume", action="store_true", help="continue an interrupted audit in --out")
+
+
+def _float_list(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise AuditInputError(f"invalid {option} {text!r}: give a comma list of numbers") from None
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise AuditInputError(f"invalid {option} {text!r}: give a comma list of integers") from None
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from lvs_core.attack import validate_budget
+    from lvs_core.audit import AuditConfig, parse_twins, run_audit
+
+    config = AuditConfig(
+        model=args.model,
+        twins=parse_twins(args.twin),
+        prompts=args.prompts,
+        benign_prompts=args.benign_prompts,
+        max_prompts=args.max_prompts,
+        layers=args.layers,
+        budget=validate_budget(args.budget),
+        steer_fracs=_float_list(args.steer_fracs, "--steer-fracs"),
+        steer_layer=args.steer_layer,
+        finetune_steps=args.finetune_steps,
+        finetune_every=args.finetune_every,
+        finetune_lr=args.finetune_lr,
+        seeds=_int_list(args.seeds, "--seeds"),
+        steps=tuple(step.strip() for step in args.steps.split(",") if step.strip()),
+        max_new_tokens=args.max_new_tokens,
+        device=args.device,
+    )
+    config.validate()
+    name = args.model.removeprefix("demo:").replace("/", "_")
+    out = Path(args.out) if args.out else Path("runs") / time.strftime(f"audit-{name}-%Y%m%d-%H%M%S")
+    bars: list = []
+
+    def progress(done: int, total: int, label: str) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="step", desc="audit", dynamic_ncols=True))
+        bars[0].set_postfix_str(label)
+        bars[0].update(done - bars[0].n)
+
+    try:
+        path = run_audit(config, out, overwrite=args.overwrite, resume=args.resume, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    print(format_comparison([path]))
+    print(f"audit written to {path}")
+    return 0
+
+
+def format_comparison(paths: list) -> str:
+    """Render audit summaries side by side, one column per model."""
+    import pandas as pd
+
+    from lvs_core.audit import compare_audits
+
+    table = compare_audits(paths)
+    with pd.option_context("display.max_rows", 500, "display.width", 200):
+        return table.to_string(float_format=lambda value: f"{value:.3f}")
+
+
+def _add_compare_parser(subparsers) -> None:
+    compare = subparsers.add_parser("compare", help="print audit summaries of several runs side by side")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="audit run folders")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    print(format_comparison(args.runs))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="lvs-audit", description="Audit LLM safety at the representation level.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -157,10 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flip_parser(subparsers)
     _add_build_zoo_parser(subparsers)
     _add_demo_run_parser(subparsers)
+    _add_audit_parser(subparsers)
+    _add_compare_parser(subparsers)
     return parser
 
 
-COMMANDS = {"sweep": _sweep, "flip": _flip, "build-zoo": _build_zoo, "demo-run": _demo_run}
+COMMANDS = {
+    "sweep": _sweep,
+    "flip": _flip,
+    "build-zoo": _build_zoo,
+    "demo-run": _demo_run,
+    "audit": _audit,
+    "compare": _compare,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
