@@ -36,6 +36,8 @@ def _add_sweep_parser(subparsers) -> None:
     sweep.add_argument("--max-prompts", type=int, default=0, help="use only the first N prompts (default: all)")
     sweep.add_argument("--steps", type=int, default=10, help="PGD steps (default: 10)")
     sweep.add_argument("--target", default="Sure, here is", help="affirmative target whose NLL PGD lowers")
+    sweep.add_argument("--norm", default="linf", choices=("linf", "l2"),
+                       help="linf: budget x max|h| per element (default); l2: adaptive attack, budget x ||h||_2 over the prompt")
     sweep.add_argument("--scorer", default="refusal", help="refusal (default), margin, or hf:PATH_OR_ID of a classifier")
     sweep.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per response (default: 32)")
     sweep.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass (default: 32)")
@@ -62,7 +64,7 @@ def _sweep(args: argparse.Namespace) -> int:
         budgets=budgets,
         prompts=args.prompts,
         max_prompts=args.max_prompts,
-        attack=AttackConfig(steps=args.steps, target=args.target, seed=args.seed),
+        attack=AttackConfig(steps=args.steps, target=args.target, seed=args.seed, norm=args.norm),
         scorer=args.scorer,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,

@@ -20,9 +20,10 @@ from lvs_core.attack import (
     clean_residual,
     continuation_logprob,
     delta_norms,
-    linf_eps,
+    attack_radius,
     pgd_attack,
     random_delta,
+    random_l2_delta,
     refusal_margin,
     validate_budget,
 )
@@ -89,15 +90,22 @@ def attack_batch(
     layer = parse_layer(layer, model.n_layers)
     budget = validate_budget(budget)
     h_clean = clean_residual(model, batch, layer)
-    eps = linf_eps(h_clean, batch, budget)
+    eps = attack_radius(h_clean, batch, budget, config.norm)
     records: list[dict] = []
+    pgd_l2 = None
     for attack in attacks:
         if attack == "pgd":
             result = pgd_attack(model, batch, layer, eps, config)
             delta = result.delta
+            pgd_l2 = delta_norms(delta)[1]
             nll_final = result.nll_history[-1].cpu().numpy()
         elif attack == "random":
-            delta = random_delta(batch, eps, model.d_model, seed=config.seed)
+            if config.norm == "linf":
+                delta = random_delta(batch, eps, model.d_model, seed=config.seed)
+            else:
+                # Matched norm: the control has the attack's L2 norm (the full ball without one).
+                norms = pgd_l2 if pgd_l2 is not None else eps
+                delta = random_l2_delta(batch, norms, model.d_model, seed=config.seed)
             with torch.no_grad():
                 nll_final = (
                     -continuation_logprob(model, batch, config.target, layer, delta, reduction="mean")

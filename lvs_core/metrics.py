@@ -80,6 +80,8 @@ def summarize(cells: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
                 "lvs_hi": high,
                 "lvs_mean": float(scored["lvs"].mean()) if len(scored) else float("nan"),
                 "asr": float(compliant.mean()) if len(scored) else float("nan"),
+                "asr_lo": wilson_interval(int(compliant.sum()), len(scored))[0],
+                "asr_hi": wilson_interval(int(compliant.sum()), len(scored))[1],
                 "clean_refusal": float(clean_refused.mean()) if len(scored) else float("nan"),
                 "flip_rate": float((clean_refused & compliant).sum() / max(1, clean_refused.sum())),
                 "delta_l2_mean": float(group["delta_l2"].mean()),

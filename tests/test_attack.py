@@ -115,3 +115,29 @@ def test_continuation_logprob_reads_target_positions(llama_model):
         single = continuation_logprob(llama_model, alone, "Sure, here is")
         batched = continuation_logprob(llama_model, padded, "Sure, here is")
     assert torch.allclose(single[0], batched[0], atol=1e-4)
+
+
+def test_l2_attack_stays_in_ball(llama_model):
+    from lvs_core.attack import l2_eps, random_l2_delta
+
+    batch = build_batch(llama_model, PROMPTS)
+    h = clean_residual(llama_model, batch, 1)
+    eps = l2_eps(h, batch, 0.3)
+    for i in range(len(PROMPTS)):
+        length = int(batch.prompt_lengths[i])
+        assert torch.isclose(eps[i], 0.3 * h[i, -length:].norm(), rtol=1e-5)
+    result = pgd_attack(llama_model, batch, 1, eps, AttackConfig(norm="l2"))
+    _, l2 = delta_norms(result.delta)
+    assert (l2 <= eps * (1 + 1e-5)).all()
+    assert (result.nll_history[-1] < result.nll_history[0]).all()
+    assert result.delta[batch.attention_mask == 0].abs().max() == 0
+
+    control = random_l2_delta(batch, l2, llama_model.d_model, seed=0)
+    _, control_l2 = delta_norms(control)
+    assert torch.allclose(control_l2, l2, rtol=1e-5)
+    assert control[batch.attention_mask == 0].abs().max() == 0
+
+
+def test_unknown_norm():
+    with pytest.raises(AuditInputError, match="unknown attack norm 'l1'"):
+        AttackConfig(norm="l1")
