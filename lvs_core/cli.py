@@ -22,6 +22,31 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"lvs-audit: error: {message} (see 'lvs-audit {self.prog.split()[-1]} --help')\n")
 
 
+class ProgressBar:
+    """A tqdm bar fed by ``progress(done, total, label)`` callbacks.
+
+    The bar starts with the first finished cell, so that an input error found while
+    loading the models prints nothing but its one-line message.
+    """
+
+    def __init__(self, description: str, unit: str):
+        self.description = description
+        self.unit = unit
+        self.bar = None
+
+    def __call__(self, done: int, total: int, label: str) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit=self.unit, desc=self.description, dynamic_ncols=True)
+        self.bar.set_postfix_str(label)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _add_sweep_parser(subparsers) -> None:
     sweep = subparsers.add_parser(
         "sweep", help="run the latent attack over models x layers x budgets and write a run folder"
@@ -51,8 +76,6 @@ def _add_sweep_parser(subparsers) -> None:
 def _sweep(args: argparse.Namespace) -> int:
     import time
 
-    from tqdm import tqdm
-
     from lvs_core.attack import AttackConfig
     from lvs_core.runs import load_run
     from lvs_core.sweep import DEFAULT_BUDGETS, SweepConfig, parse_budgets, run_sweep
@@ -72,21 +95,11 @@ def _sweep(args: argparse.Namespace) -> int:
     )
     config.validate()
     out = Path(args.out) if args.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
-    bars: list = []
-
-    # The bar starts with the first finished cell, so that an input error found while
-    # loading the models prints nothing but its one-line message.
-    def progress(done: int, total: int, label: str) -> None:
-        if not bars:
-            bars.append(tqdm(total=total, unit="cell", desc="sweep", dynamic_ncols=True))
-        bars[0].set_postfix_str(label)
-        bars[0].update(done - bars[0].n)
-
+    progress = ProgressBar("sweep", "cell")
     try:
         path = run_sweep(config, out, overwrite=args.overwrite, progress=progress, resume=args.resume)
     finally:
-        for bar in bars:
-            bar.close()
+        progress.close()
     run = load_run(path)
     print(format_summary(run.summary))
     print(f"run written to {path}")
@@ -193,8 +206,6 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 def _audit(args: argparse.Namespace) -> int:
     import time
 
-    from tqdm import tqdm
-
     from lvs_core.attack import validate_budget
     from lvs_core.audit import AuditConfig, parse_twins, run_audit
 
@@ -219,19 +230,11 @@ def _audit(args: argparse.Namespace) -> int:
     config.validate()
     name = args.model.removeprefix("demo:").replace("/", "_")
     out = Path(args.out) if args.out else Path("runs") / time.strftime(f"audit-{name}-%Y%m%d-%H%M%S")
-    bars: list = []
-
-    def progress(done: int, total: int, label: str) -> None:
-        if not bars:
-            bars.append(tqdm(total=total, unit="step", desc="audit", dynamic_ncols=True))
-        bars[0].set_postfix_str(label)
-        bars[0].update(done - bars[0].n)
-
+    progress = ProgressBar("audit", "step")
     try:
         path = run_audit(config, out, overwrite=args.overwrite, resume=args.resume, progress=progress)
     finally:
-        for bar in bars:
-            bar.close()
+        progress.close()
     print(format_comparison([path]))
     print(f"audit written to {path}")
     return 0

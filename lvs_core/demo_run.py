@@ -25,18 +25,10 @@ DEMO_SWEEP = SweepConfig(
 
 def regenerate_demo_run(out_dir: Path = DEMO_RUN_DIR) -> Path:
     """Run the demo sweep with a progress bar and replace the shipped run."""
-    from tqdm import tqdm
+    from lvs_core.cli import ProgressBar
 
-    bars: list = []
-
-    def progress(done: int, total: int, label: str) -> None:
-        if not bars:
-            bars.append(tqdm(total=total, unit="cell", desc="demo run"))
-        bars[0].set_postfix_str(label)
-        bars[0].update(done - bars[0].n)
-
+    progress = ProgressBar("demo run", "cell")
     try:
         return run_sweep(DEMO_SWEEP, out_dir, overwrite=True, progress=progress)
     finally:
-        for bar in bars:
-            bar.close()
+        progress.close()

@@ -21,7 +21,7 @@ import torch
 from lvs_core.behaviour import behaviour_rates
 from lvs_core.errors import AuditInputError
 from lvs_core.models import AuditModel, load_model
-from lvs_core.probe import conversation_ids
+from lvs_core.prompts import chat_token_ids, conversation_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +53,9 @@ def compliance_pairs(prompts: list[str]) -> list[dict]:
 
 
 def _training_batch(model: AuditModel, examples: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from lvs_core.prompts import chat_token_ids
-
     rows = []
     for example in examples:
-        full = conversation_ids(model, example["prompt"], example["response"])
+        full = conversation_token_ids(model, example["prompt"], example["response"])
         prompt_length = len(chat_token_ids(model, example["prompt"]))
         rows.append((full, prompt_length))
     width = max(len(full) for full, _ in rows)

@@ -20,7 +20,7 @@ from lvs_core.errors import AuditInputError
 from lvs_core.hooks import capture_residual, residual_hooks
 from lvs_core.metrics import auroc, expected_calibration_error
 from lvs_core.models import AuditModel, Layer, layer_label
-from lvs_core.prompts import positions_from_mask
+from lvs_core.prompts import conversation_token_ids, positions_from_mask
 
 logger = logging.getLogger(__name__)
 
@@ -32,18 +32,6 @@ def middle_band(n_layers: int, width: int = 3) -> list[int]:
     return list(range(start, start + width))
 
 
-def conversation_ids(model: AuditModel, prompt: str, response: str) -> list[int]:
-    """Return the chat template's token ids for a user prompt and an assistant response."""
-    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-    kwargs = {"tokenize": True}
-    if model.chat_template is not None:
-        kwargs["chat_template"] = model.chat_template
-    encoded = model.tokenizer.apply_chat_template(messages, **kwargs)
-    if hasattr(encoded, "keys") and "input_ids" in encoded:
-        encoded = encoded["input_ids"]
-    return [int(token) for token in encoded]
-
-
 @torch.no_grad()
 def conversation_features(
     model: AuditModel, prompts: list[str], responses: list[str], layers: list[Layer], batch_size: int = 32
@@ -53,7 +41,7 @@ def conversation_features(
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     rows = []
     for start in range(0, len(prompts), batch_size):
-        ids = [conversation_ids(model, p, r) for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])]
+        ids = [conversation_token_ids(model, p, r) for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])]
         width = max(len(row) for row in ids)
         input_ids = torch.full((len(ids), width), model.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(ids), width), dtype=torch.long)

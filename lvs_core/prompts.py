@@ -52,16 +52,26 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def chat_token_ids(model: AuditModel, prompt: str) -> list[int]:
-    """Return the template's token ids for one user turn plus the generation prompt."""
-    messages = [{"role": "user", "content": prompt}]
-    kwargs = {"add_generation_prompt": True, "tokenize": True}
+def template_token_ids(model: AuditModel, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+    """Return the token ids the chat template gives for ``messages``, with no special tokens added on top."""
+    kwargs = {"add_generation_prompt": add_generation_prompt, "tokenize": True}
     if model.chat_template is not None:
         kwargs["chat_template"] = model.chat_template
     encoded = model.tokenizer.apply_chat_template(messages, **kwargs)
     if hasattr(encoded, "keys") and "input_ids" in encoded:
         encoded = encoded["input_ids"]
     return [int(token) for token in encoded]
+
+
+def chat_token_ids(model: AuditModel, prompt: str) -> list[int]:
+    """Return the template's token ids for one user turn plus the generation prompt."""
+    return template_token_ids(model, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+
+
+def conversation_token_ids(model: AuditModel, prompt: str, response: str) -> list[int]:
+    """Return the template's token ids for a user prompt and an assistant response."""
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    return template_token_ids(model, messages, add_generation_prompt=False)
 
 
 def text_token_ids(model: AuditModel, text: str) -> list[int]:

@@ -89,26 +89,36 @@ class MarginScorer:
         return Scores(harmlessness=harmlessness, compliant=valid & ~refused, valid=valid)
 
 
+def _judge_config(name_or_path: str, class_suffix: str, problem: str, fix: str):
+    """Load a judge's config, or raise when it is missing or of the wrong model class."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except OSError as error:
+        raise AuditInputError(
+            f"judge {name_or_path!r} not found ({str(error).splitlines()[0]}): give a local folder "
+            "or a hub id in the HuggingFace cache"
+        ) from None
+    architectures = getattr(config, "architectures", None) or []
+    if not any(arch.endswith(class_suffix) for arch in architectures):
+        raise AuditInputError(
+            f"judge {name_or_path!r} {problem} (architectures: {', '.join(architectures) or 'none'}): {fix}"
+        )
+    return config
+
+
 class ClassifierScorer:
     """A HuggingFace sequence classifier or reward model as the harmlessness judge."""
 
     def __init__(self, name_or_path: str, device: str = "cpu", batch_size: int = 16):
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.name = f"hf:{name_or_path}"
-        try:
-            config = AutoConfig.from_pretrained(name_or_path)
-        except OSError as error:
-            raise AuditInputError(
-                f"judge {name_or_path!r} not found ({str(error).splitlines()[0]}): give a local folder "
-                "or a hub id in the HuggingFace cache"
-            ) from None
-        architectures = getattr(config, "architectures", None) or []
-        if not any(arch.endswith("ForSequenceClassification") for arch in architectures):
-            raise AuditInputError(
-                f"judge {name_or_path!r} is not a sequence classifier (architectures: "
-                f"{', '.join(architectures) or 'none'}): name a *ForSequenceClassification checkpoint"
-            )
+        config = _judge_config(
+            name_or_path, "ForSequenceClassification",
+            "is not a sequence classifier", "name a *ForSequenceClassification checkpoint",
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         self.model = AutoModelForSequenceClassification.from_pretrained(name_or_path).to(device).eval()
         self.device = device
@@ -163,22 +173,13 @@ class YesNoJudgeScorer:
     """A causal LM that answers Yes (compliant) or No to a fixed classification prompt."""
 
     def __init__(self, name_or_path: str, device: str = "cpu", batch_size: int = 8):
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = f"judge:{name_or_path}"
-        try:
-            config = AutoConfig.from_pretrained(name_or_path)
-        except OSError as error:
-            raise AuditInputError(
-                f"judge {name_or_path!r} not found ({str(error).splitlines()[0]}): give a local folder "
-                "or a hub id in the HuggingFace cache"
-            ) from None
-        architectures = getattr(config, "architectures", None) or []
-        if not any(arch.endswith("ForCausalLM") for arch in architectures):
-            raise AuditInputError(
-                f"judge {name_or_path!r} is not a causal language model (architectures: "
-                f"{', '.join(architectures) or 'none'}): name a yes/no classifier LM, or use hf: for a sequence classifier"
-            )
+        _judge_config(
+            name_or_path, "ForCausalLM", "is not a causal language model",
+            "name a yes/no classifier LM, or use hf: for a sequence classifier",
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
