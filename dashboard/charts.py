@@ -20,8 +20,21 @@ import plotly.graph_objects as go
 SEQUENTIAL_SCALE = "Viridis"
 DIVERGING_SCALE = plotly.colors.diverging.RdBu_r
 LAYER_AXIS_TITLE = "layer (residual stream)"
-BUDGET_AXIS_TITLE = "budget (L∞ radius / max|h|)"
+# The budget is a radius relative to the clean residual, in the attack's norm
+# (see lvs_core.attack): L∞ against max|h|, or L2 against ||h||_2.
+BUDGET_AXIS_TITLES = {"linf": "budget (L∞ radius / max|h|)", "l2": "budget (L2 radius / ‖h‖₂)"}
 ATTACK_NAMES = {"pgd": "PGD attack", "random": "random control"}
+
+
+def run_attack_norm(config: dict) -> str:
+    """Return the attack norm a run's ``config.json`` records, ``linf`` when it records none."""
+    attack = config.get("settings", {}).get("attack", {})
+    return str(attack.get("norm", "linf")) if isinstance(attack, dict) else "linf"
+
+
+def budget_axis_title(norm: str) -> str:
+    """Return the budget axis title for an attack norm, naming the norm itself when it is not known here."""
+    return BUDGET_AXIS_TITLES.get(norm, f"budget ({norm} radius, relative)")
 
 
 def budget_label(budget: float) -> str:
@@ -52,10 +65,10 @@ def lvs_scale_max(summary: pd.DataFrame, models: list[str]) -> float:
     return top if top > 0 else 1.0
 
 
-def _figure_layout(figure: go.Figure, title: str, n_layers: int) -> go.Figure:
+def _figure_layout(figure: go.Figure, title: str, n_layers: int, norm: str) -> go.Figure:
     figure.update_layout(
         title={"text": title, "x": 0.0, "xanchor": "left"},
-        xaxis={"title": {"text": BUDGET_AXIS_TITLE}, "type": "category"},
+        xaxis={"title": {"text": budget_axis_title(norm)}, "type": "category"},
         yaxis={"title": {"text": LAYER_AXIS_TITLE}, "type": "category"},
         height=max(320, 34 * n_layers + 160),
         margin={"l": 10, "r": 10, "t": 50, "b": 10},
@@ -64,7 +77,13 @@ def _figure_layout(figure: go.Figure, title: str, n_layers: int) -> go.Figure:
 
 
 def lvs_heatmap(
-    summary: pd.DataFrame, model: str, attack: str, layers: list[str], budgets: list[float], zmax: float
+    summary: pd.DataFrame,
+    model: str,
+    attack: str,
+    layers: list[str],
+    budgets: list[float],
+    zmax: float,
+    norm: str = "linf",
 ) -> go.Figure:
     """Return the median-LVS heatmap of one model and attack; the hover shows the 95% CI and n.
 
@@ -92,11 +111,17 @@ def lvs_heatmap(
             "<br>n = %{customdata[2]:.0f} prompts<extra></extra>"
         ),
     )
-    return _figure_layout(go.Figure(heatmap), f"{model}: {ATTACK_NAMES.get(attack, attack)}", len(layers))
+    return _figure_layout(go.Figure(heatmap), f"{model}: {ATTACK_NAMES.get(attack, attack)}", len(layers), norm)
 
 
 def difference_heatmap(
-    summary: pd.DataFrame, left: str, right: str, attack: str, layers: list[str], budgets: list[float]
+    summary: pd.DataFrame,
+    left: str,
+    right: str,
+    attack: str,
+    layers: list[str],
+    budgets: list[float],
+    norm: str = "linf",
 ) -> go.Figure:
     """Return the heatmap of ``median LVS(right) - median LVS(left)`` on a scale centred at zero."""
     left_median = metric_grid(summary, left, attack, "lvs_median", layers, budgets).to_numpy(float)
@@ -122,7 +147,7 @@ def difference_heatmap(
         ),
     )
     title = f"{right} − {left}: {ATTACK_NAMES.get(attack, attack)}"
-    return _figure_layout(go.Figure(heatmap), title, len(layers))
+    return _figure_layout(go.Figure(heatmap), title, len(layers), norm)
 
 
 def clean_refusal_table(cells: pd.DataFrame) -> pd.DataFrame:

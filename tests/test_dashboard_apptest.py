@@ -130,7 +130,7 @@ def test_heatmaps_axes_and_hover(app_env):
 
     assert trace["y"] == ["embedding", "0", "1", "2"]
     assert trace["x"] == ["0.1", "0.5"]
-    assert left["layout"]["xaxis"]["title"]["text"] == charts.BUDGET_AXIS_TITLE
+    assert left["layout"]["xaxis"]["title"]["text"] == "budget (L∞ radius / max|h|)"
     assert left["layout"]["yaxis"]["title"]["text"] == charts.LAYER_AXIS_TITLE
     assert "95% CI" in trace["hovertemplate"]
     assert "n = " in trace["hovertemplate"]
@@ -145,6 +145,21 @@ def test_heatmaps_axes_and_hover(app_env):
     assert z.shape == (4, 2)
     assert z[2, 1] == pytest.approx(row["lvs_median"])
     assert customdata[2, 1].tolist() == pytest.approx([row["lvs_lo"], row["lvs_hi"], row["n"]])
+
+
+def test_heatmaps_l2_run_axis_title(app_env, monkeypatch, tmp_path):
+    run_dir = shutil.copytree(app_env.run_dir, tmp_path / "l2-run")
+    config = json.loads((run_dir / "config.json").read_text())
+    config["settings"]["attack"]["norm"] = "l2"
+    (run_dir / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("LVS_AUDIT_RUN_DIR", str(run_dir))
+
+    app = open_page(HEATMAPS)
+
+    assert_no_exception(app)
+    for spec in chart_specs(app):
+        assert spec["layout"]["xaxis"]["title"]["text"] == "budget (L2 radius / ‖h‖₂)"
+    assert any("l2 norm" in element.value for element in app.caption)
 
 
 def test_heatmaps_difference_centred_at_zero(app_env):

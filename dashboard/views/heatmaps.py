@@ -64,9 +64,10 @@ except AuditInputError as error:
     st.stop()
 
 settings = run.config.get("settings", {})
+norm = charts.run_attack_norm(run.config)
 st.caption(
     f"{run.path} · {run.config.get('n_prompts', '?')} prompts · "
-    f"{settings.get('attack', {}).get('steps', '?')} PGD steps · "
+    f"{settings.get('attack', {}).get('steps', '?')} PGD steps, {norm} norm · "
     f"scorer {settings.get('scorer', '?')} · created {run.config.get('created', '?')}"
 )
 
@@ -95,16 +96,16 @@ zmax = charts.lvs_scale_max(run.summary, [left, right])
 plot_config = {"displaylogo": False}
 
 if left == right:
-    st.plotly_chart(charts.lvs_heatmap(run.summary, left, attack, layers, budgets, zmax), config=plot_config)
+    st.plotly_chart(charts.lvs_heatmap(run.summary, left, attack, layers, budgets, zmax, norm), config=plot_config)
     st.info("Pick two different models to compare them and see the difference map.")
 else:
     left_column, right_column, difference_column = st.columns(3)
     with left_column:
-        st.plotly_chart(charts.lvs_heatmap(run.summary, left, attack, layers, budgets, zmax), config=plot_config)
+        st.plotly_chart(charts.lvs_heatmap(run.summary, left, attack, layers, budgets, zmax, norm), config=plot_config)
     with right_column:
-        st.plotly_chart(charts.lvs_heatmap(run.summary, right, attack, layers, budgets, zmax), config=plot_config)
+        st.plotly_chart(charts.lvs_heatmap(run.summary, right, attack, layers, budgets, zmax, norm), config=plot_config)
     with difference_column:
-        st.plotly_chart(charts.difference_heatmap(run.summary, left, right, attack, layers, budgets), config=plot_config)
+        st.plotly_chart(charts.difference_heatmap(run.summary, left, right, attack, layers, budgets, norm), config=plot_config)
 st.caption(
     f"Both model maps share one colour scale, from 0 to {zmax:.3g} (the largest median of the "
     "two models over both perturbations), so the same colour means the same LVS."
