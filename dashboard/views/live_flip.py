@@ -24,8 +24,8 @@ VERDICT_BADGES = {
 PANELS = (("clean", "Clean"), ("pgd", "PGD attack"), ("random", "Random control"))
 
 
-def load_chosen_model() -> AuditModel:
-    """Render the model picker, load the chosen model and return it; stop the page on failure."""
+def choose_model_spec() -> str:
+    """Render the model picker and return the chosen spec; stop the page until one is given."""
     specs = state.model_specs()
     choice = st.selectbox(
         "Model",
@@ -44,7 +44,11 @@ def load_chosen_model() -> AuditModel:
         if not spec:
             st.info("Enter a checkpoint folder or a hub id to load a model.")
             st.stop()
+    return spec
 
+
+def load_model_or_stop(spec: str) -> AuditModel:
+    """Load ``spec`` through the shared cache; on failure show one error line and stop the page."""
     try:
         with st.spinner(f"Loading {spec}…"):
             return state.shared_model(spec).model
@@ -159,7 +163,9 @@ st.caption(
 
 model_column, layer_column, budget_column = st.columns([3, 2, 2])
 with model_column:
-    model = load_chosen_model()
+    spec = choose_model_spec()
+# Loaded outside the column so that a load error spans the page width.
+model = load_model_or_stop(spec)
 layers = model.layers
 layer = layer_column.selectbox(
     "Layer",
