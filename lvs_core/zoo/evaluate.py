@@ -112,8 +112,8 @@ def generate_greedy(
         next_ids = result.logits[:, -1].argmax(dim=-1)
 
         # Decode one token at a time from the KV cache, without the nudge.
-        # LlamaForCausalLM.forward takes the cache as ``past_key_values`` (transformers
-        # 5.25); a ``cache=`` keyword lands in **kwargs and is ignored there.
+        # LlamaForCausalLM.forward takes the cache as ``past_key_values``. transformers
+        # 5.25 also accepts ``cache=`` but ignores it, which silently drops the context.
         generated = [next_ids]
         finished = next_ids == eos_id
         next_positions = position_ids[:, -1] + 1
