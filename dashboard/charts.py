@@ -104,7 +104,7 @@ def lvs_heatmap(
         zmin=0.0,
         zmax=zmax,
         colorbar={"title": {"text": "median LVS"}},
-        texttemplate="%{z:~.3g}",
+        texttemplate="%{z:.2f}",
         hovertemplate=(
             "layer %{y}, budget %{x}<br>median LVS %{z:.3f}"
             "<br>95% CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
@@ -140,7 +140,7 @@ def difference_heatmap(
         zmax=bound,
         zmid=0.0,
         colorbar={"title": {"text": "Δ median LVS"}},
-        texttemplate="%{z:+~.3g}",
+        texttemplate="%{z:+.2f}",
         hovertemplate=(
             f"layer %{{y}}, budget %{{x}}<br>{right} − {left}: %{{z:+.3f}}"
             f"<br>{left} %{{customdata[0]:.3f}}, {right} %{{customdata[1]:.3f}}<extra></extra>"

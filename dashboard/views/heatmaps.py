@@ -95,25 +95,41 @@ budgets = run.budgets
 zmax = charts.lvs_scale_max(run.summary, [left, right])
 plot_config = {"displaylogo": False}
 
+scale_note = (
+    f"The model maps share one colour scale, from 0 to {zmax:.3g} (the largest median of the "
+    "two models over both perturbations), so the same colour means the same LVS."
+)
+
+
+def render_clean_refusal() -> None:
+    st.subheader("Clean refusal")
+    st.dataframe(
+        charts.clean_refusal_table(run.cells),
+        hide_index=True,
+        column_config={"clean refusal": st.column_config.NumberColumn(format="percent")},
+    )
+
+
+# Two maps per row. With all three in one row, a 4-budget map at 1600 px had cells too
+# narrow for their value labels.
 if left == right:
-    st.plotly_chart(charts.lvs_heatmap(run.summary, left, attack, layers, budgets, zmax, norm), config=plot_config)
-    st.info("Pick two different models to compare them and see the difference map.")
+    single_column, side_column = st.columns(2)
+    with single_column:
+        st.plotly_chart(charts.lvs_heatmap(run.summary, left, attack, layers, budgets, zmax, norm), config=plot_config)
+        st.caption(scale_note)
+    with side_column:
+        st.info("Pick two different models to compare them and see the difference map.")
+        render_clean_refusal()
 else:
-    left_column, right_column, difference_column = st.columns(3)
+    left_column, right_column = st.columns(2)
     with left_column:
         st.plotly_chart(charts.lvs_heatmap(run.summary, left, attack, layers, budgets, zmax, norm), config=plot_config)
     with right_column:
         st.plotly_chart(charts.lvs_heatmap(run.summary, right, attack, layers, budgets, zmax, norm), config=plot_config)
+    st.caption(scale_note)
+
+    difference_column, side_column = st.columns(2)
     with difference_column:
         st.plotly_chart(charts.difference_heatmap(run.summary, left, right, attack, layers, budgets, norm), config=plot_config)
-st.caption(
-    f"Both model maps share one colour scale, from 0 to {zmax:.3g} (the largest median of the "
-    "two models over both perturbations), so the same colour means the same LVS."
-)
-
-st.subheader("Clean refusal")
-st.dataframe(
-    charts.clean_refusal_table(run.cells),
-    hide_index=True,
-    column_config={"clean refusal": st.column_config.NumberColumn(format="percent")},
-)
+    with side_column:
+        render_clean_refusal()
