@@ -55,7 +55,7 @@ def _add_sweep_parser(subparsers) -> None:
                        help="demo:safe, demo:dissociated, demo:harmful, a checkpoint folder or a hub id; repeat for several")
     sweep.add_argument("--layers", default="all", help="'all' or a comma list of 'embedding' and block indices (default: all)")
     sweep.add_argument("--budgets", default=None,
-                       help="comma list of L-inf budgets as fractions of max|h| at the layer (default: 0.05,0.1,0.2,0.4)")
+                       help="comma list of L-inf budgets as fractions of max|h| at the layer (default: 0.02,0.05,0.1,0.2)")
     sweep.add_argument("--prompts", default="heldout",
                        help="heldout (held-out harmful requests), heldout-benign, heldout-all, or a CSV/JSONL file with a 'prompt' column")
     sweep.add_argument("--max-prompts", type=int, default=0, help="use only the first N prompts (default: all)")

@@ -29,7 +29,7 @@ from lvs_core.scoring import make_scorer
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BUDGETS = (0.05, 0.1, 0.2, 0.4)
+DEFAULT_BUDGETS = (0.02, 0.05, 0.1, 0.2)
 ProgressFn = Callable[[int, int, str], None]
 
 

@@ -27,6 +27,7 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
+from lvs_core.models import ASSETS_DIR
 from lvs_core.zoo import MODEL_NAMES
 from lvs_core.zoo.data import (
     BENIGN_FAMILIES,
@@ -416,7 +417,7 @@ The numbers come from `eval.json` in this folder, which the command above wrote.
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Rebuild the lvs-audit demo model zoo on CPU.")
-    parser.add_argument("--out", type=Path, default=Path("assets"), help="output folder (default: assets)")
+    parser.add_argument("--out", type=Path, default=ASSETS_DIR, help="output folder (default: the repository's assets/)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, initialisation and batches (default: 0)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument(
