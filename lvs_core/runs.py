@@ -70,6 +70,11 @@ def load_run(path: str | Path) -> Run:
     """Load a complete run folder written by a sweep or an audit."""
     path = Path(path).expanduser()
     missing = [name for name in ("config.json", "cells.parquet", "summary.parquet") if not (path / name).is_file()]
+    if missing and (path / "parts").is_dir():
+        raise AuditInputError(
+            f"run {str(path)!r} is still in progress or was interrupted: wait for it to finish, "
+            "or continue it with the same command and --resume"
+        )
     if missing:
         raise AuditInputError(
             f"{str(path)!r} is not a complete run folder (missing {', '.join(missing)}): "
@@ -97,6 +102,7 @@ def atomic_write_parquet(frame: pd.DataFrame, path: Path) -> None:
     os.close(handle)
     try:
         frame.to_parquet(temporary, index=False)
+        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -109,6 +115,8 @@ def atomic_write_text(text: str, path: Path) -> None:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(handle, "w") as stream:
         stream.write(text)
+    # mkstemp creates files readable by their owner only; runs are meant to be shared.
+    os.chmod(temporary, 0o644)
     os.replace(temporary, path)
 
 
