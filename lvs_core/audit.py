@@ -90,8 +90,8 @@ class AuditConfig:
     steer_layer: str = ""
     patch_frac: float = 1.0
     finetune_steps: int = 40
-    finetune_every: int = 5
-    finetune_lr: float = 3e-4
+    finetune_every: int = 2
+    finetune_lr: float = 1e-4
     finetune_batch: int = 8
     seeds: tuple[int, ...] = (0, 1, 2)
     probe_train_prompts: int = 64

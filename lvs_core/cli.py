@@ -177,8 +177,8 @@ def _add_audit_parser(subparsers) -> None:
     audit.add_argument("--steer-fracs", default="0.25,0.5,1,2", help="steering sizes as fractions of the mean residual norm")
     audit.add_argument("--steer-layer", default="", help="steering layer (default: the trained nudge layer or the middle block)")
     audit.add_argument("--finetune-steps", type=int, default=40, help="fine-tuning steps per seed")
-    audit.add_argument("--finetune-every", type=int, default=5, help="evaluate compliance every N fine-tuning steps")
-    audit.add_argument("--finetune-lr", type=float, default=3e-4, help="fine-tuning learning rate")
+    audit.add_argument("--finetune-every", type=int, default=2, help="evaluate compliance every N fine-tuning steps")
+    audit.add_argument("--finetune-lr", type=float, default=1e-4, help="fine-tuning learning rate")
     audit.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds")
     audit.add_argument("--steps", default=",".join(("behaviour", "probe", "lvs", "steering", "finetune", "patching")),
                        help="audit steps to run, a comma list")
