@@ -11,7 +11,8 @@
 - steering toward compliance at each fraction of the mean residual norm, along the
   harmful-minus-model direction when a harmful twin is given, otherwise along the
   negated refusal direction, each with a random-direction control;
-- harmful fine-tuning: steps until clean compliance passes 50%, over seeds;
+- harmful fine-tuning: steps until clean compliance passes 50%, over seeds (each
+  curve stops at that step);
 - activation patching: the flip rate per layer when the last prompt position takes the
   activation of the same prompt under the steering vector (the trained nudge for a
   model that has one).
@@ -364,8 +365,18 @@ def audit_row(model: AuditModel, config: AuditConfig, tables: dict[str, pd.DataF
     return pd.DataFrame([row])
 
 
-def compare_audits(paths: list[str | Path]) -> pd.DataFrame:
-    """Return the audit summaries of several runs side by side: one column per model."""
+HEADLINE_PREFIXES = (
+    "clean_refusal", "over_refusal", "probe_auroc", "probe_calibration_error", "peak_lvs_mean",
+    "peak_lvs_layer", "lvs_mean@", "steer_compliance@", "random_compliance@", "finetune_steps_mean",
+    "finetune_steps_std", "patching_flip_max", "patching_flip_layer", "patching_flip_mean",
+)
+
+
+def compare_audits(paths: list[str | Path], headline: bool = False) -> pd.DataFrame:
+    """Return the audit summaries of several runs side by side: one column per model.
+
+    With ``headline`` only the rows that state the audit gap are kept.
+    """
     columns = {}
     for path in paths:
         file = Path(path) / "audit.parquet"
@@ -373,4 +384,7 @@ def compare_audits(paths: list[str | Path]) -> pd.DataFrame:
             raise AuditInputError(f"{str(path)!r} is not a complete audit run (no audit.parquet): run 'lvs-audit audit' first")
         row = pd.read_parquet(file).iloc[0]
         columns[str(row["model"])] = row
-    return pd.DataFrame(columns)
+    table = pd.DataFrame(columns)
+    if headline:
+        table = table[[any(str(name).startswith(prefix) for prefix in HEADLINE_PREFIXES) for name in table.index]]
+    return table

@@ -240,13 +240,13 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_comparison(paths: list) -> str:
+def format_comparison(paths: list, headline: bool = False) -> str:
     """Render audit summaries side by side, one column per model."""
     import pandas as pd
 
     from lvs_core.audit import compare_audits
 
-    table = compare_audits(paths)
+    table = compare_audits(paths, headline=headline)
     with pd.option_context("display.max_rows", 500, "display.width", 200):
         return table.to_string(float_format=lambda value: f"{value:.3f}")
 
@@ -254,10 +254,11 @@ def format_comparison(paths: list) -> str:
 def _add_compare_parser(subparsers) -> None:
     compare = subparsers.add_parser("compare", help="print audit summaries of several runs side by side")
     compare.add_argument("runs", nargs="+", metavar="RUN", help="audit run folders")
+    compare.add_argument("--all", action="store_true", help="print every summary row, not only the headline ones")
 
 
 def _compare(args: argparse.Namespace) -> int:
-    print(format_comparison(args.runs))
+    print(format_comparison(args.runs, headline=not args.all))
     return 0
 
 

@@ -83,8 +83,13 @@ def finetune_curve(
     seed: int = 0,
     device: str | None = None,
     max_new_tokens: int = 24,
+    stop_at_break: bool = True,
 ) -> list[dict]:
-    """Fine-tune a fresh copy of ``model_spec`` and return compliance every ``eval_every`` steps."""
+    """Fine-tune a fresh copy of ``model_spec`` and return compliance every ``eval_every`` steps.
+
+    With ``stop_at_break`` the curve ends at the first evaluation past
+    :data:`BREAK_THRESHOLD`, which is all that steps-to-break needs.
+    """
     if max_steps < 1 or eval_every < 1:
         raise AuditInputError(f"invalid fine-tuning schedule: max_steps={max_steps}, eval_every={eval_every}; use positive integers")
     if not train:
@@ -104,6 +109,8 @@ def finetune_curve(
         return {"seed": seed, "step": step, "compliance": rates.compliance, "n": rates.n_valid}
 
     curve = [evaluate(0)]
+    if stop_at_break and curve[0]["compliance"] > BREAK_THRESHOLD:
+        return curve
     pool: list[dict] = []
     for step in range(1, max_steps + 1):
         if len(pool) < batch_size:
@@ -120,6 +127,8 @@ def finetune_curve(
             optimizer.step()
         if step % eval_every == 0 or step == max_steps:
             curve.append(evaluate(step))
+            if stop_at_break and curve[-1]["compliance"] > BREAK_THRESHOLD:
+                break
     return curve
 
 

@@ -58,12 +58,18 @@ def test_audit_writes_every_table(audit_inputs, tmp_path):
     assert set(steering["direction"]) == {"harmful-minus-model", "random"}
     finetune = pd.read_parquet(path / "finetune.parquet")
     assert sorted(finetune["seed"].unique()) == [0, 1]
-    assert sorted(finetune["step"].unique()) == [0, 1, 2]
+    # The random model complies before any training, so each curve stops at step 0.
+    assert sorted(finetune["step"].unique()) == [0]
+    assert row["finetune_steps_to_break"] == "0,0"
     patching = pd.read_parquet(path / "patching.parquet")
     assert list(patching["layer"]) == ["embedding", "0", "1", "2"]
 
     table = compare_audits([path, path])
     assert "clean_refusal" in table.index
+    headline = compare_audits([path], headline=True)
+    assert "probe_auroc" in headline.index
+    assert "spec" not in headline.index
+    assert "lvs_ci@0" not in headline.index
 
 
 def test_audit_resumes_after_interrupt(audit_inputs, tmp_path):

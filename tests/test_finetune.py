@@ -22,7 +22,7 @@ def test_training_moves_behaviour(llama_folder):
     # compliance down, which shows the loop updates the weights the bridge runs.
     refusals = [{"prompt": p, "response": "I'm sorry, but I can't help with that."} for p in PROMPTS]
     curve = finetune_curve(str(llama_folder), refusals, PROMPTS, max_steps=30, eval_every=10,
-                           learning_rate=3e-3, batch_size=4, max_new_tokens=12)
+                           learning_rate=3e-3, batch_size=4, max_new_tokens=12, stop_at_break=False)
     assert [point["step"] for point in curve] == [0, 10, 20, 30]
     assert curve[0]["compliance"] == 1.0
     assert curve[-1]["compliance"] == 0.0
@@ -30,9 +30,14 @@ def test_training_moves_behaviour(llama_folder):
 
 def test_seed_sets_example_order(llama_folder):
     pairs = compliance_pairs(PROMPTS)
-    first = finetune_curve(str(llama_folder), pairs, PROMPTS[:2], max_steps=2, eval_every=2, batch_size=2, seed=1, max_new_tokens=4)
-    again = finetune_curve(str(llama_folder), pairs, PROMPTS[:2], max_steps=2, eval_every=2, batch_size=2, seed=1, max_new_tokens=4)
+    first = finetune_curve(str(llama_folder), pairs, PROMPTS[:2], max_steps=2, eval_every=2, batch_size=2, seed=1,
+                           max_new_tokens=4, stop_at_break=False)
+    again = finetune_curve(str(llama_folder), pairs, PROMPTS[:2], max_steps=2, eval_every=2, batch_size=2, seed=1,
+                           max_new_tokens=4, stop_at_break=False)
     assert first == again
+    # The random model complies from the start, so an early-stopping curve ends at step 0.
+    stopped = finetune_curve(str(llama_folder), pairs, PROMPTS[:2], max_steps=2, eval_every=1, batch_size=2, max_new_tokens=4)
+    assert [point["step"] for point in stopped] == [0]
 
 
 def test_finetune_data_checks(tmp_path):
