@@ -46,7 +46,10 @@ safe only on the surface.
     st.page_link(HEATMAPS_PAGE, label="LVS heatmaps: median LVS per layer and budget from a sweep")
 
 
-st.set_page_config(page_title="lvs-audit", page_icon=":material/shield:", layout="wide")
+# A local image: a ":material/...:" page icon makes the browser fetch the favicon from a
+# font CDN, which an offline or loopback-only deployment cannot reach.
+FAVICON = REPO_ROOT / "assets" / "favicon.png"
+st.set_page_config(page_title="lvs-audit", page_icon=str(FAVICON), layout="wide")
 navigation = st.navigation(
     [st.Page(home, title="Home", icon=":material/home:", default=True), LIVE_FLIP_PAGE, HEATMAPS_PAGE]
 )

@@ -284,6 +284,9 @@ def run_audit(
     layers = parse_layers(config.layers, model.n_layers)
     auditor = Auditor(config, model, twins)
     store = RunStore(out_dir, asdict(config), overwrite=overwrite, resume=resume)
+    if store.is_complete("audit"):
+        logger.warning("audit %s is already complete; nothing to resume", out_dir)
+        return out_dir
     store.start({
         "kind": "lvs-audit", "version": lvs_core.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": platform.machine(),
@@ -307,6 +310,8 @@ def run_audit(
         plan.append(("patching", "all", auditor.patching))
 
     started = time.monotonic()
+    if progress is not None and plan:
+        progress(0, len(plan), plan[0][0])
     for done, (table, key, compute) in enumerate(plan, start=1):
         if not store.has(table, key):
             store.put(table, key, compute())

@@ -25,8 +25,8 @@ class _ArgumentParser(argparse.ArgumentParser):
 class ProgressBar:
     """A tqdm bar fed by ``progress(done, total, label)`` callbacks.
 
-    The bar starts with the first finished cell, so that an input error found while
-    loading the models prints nothing but its one-line message.
+    The bar starts with the first callback, which the library makes once every input is
+    checked, so that an input error prints nothing but its one-line message.
     """
 
     def __init__(self, description: str, unit: str):
@@ -63,7 +63,7 @@ def _add_sweep_parser(subparsers) -> None:
     sweep.add_argument("--target", default="Sure, here is", help="affirmative target whose NLL PGD lowers")
     sweep.add_argument("--norm", default="linf", choices=("linf", "l2"),
                        help="linf: budget x max|h| per element (default); l2: adaptive attack, budget x ||h||_2 over the prompt")
-    sweep.add_argument("--scorer", default="refusal", help="refusal (default), margin, or hf:PATH_OR_ID of a classifier")
+    sweep.add_argument("--scorer", default="refusal", help="judge of responses: refusal (default, refusal phrases), margin, hf:PATH_OR_ID (sequence classifier) or judge:PATH_OR_ID (yes/no classifier LM)")
     sweep.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per response (default: 32)")
     sweep.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass (default: 32)")
     sweep.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
@@ -108,7 +108,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def format_summary(summary) -> str:
     """Render the per-cell summary as a plain-text table for the terminal."""
-    columns = ["model", "layer", "budget", "attack", "n", "clean_refusal", "asr", "lvs_median", "lvs_lo", "lvs_hi", "lvs_mean"]
+    columns = ["model", "layer", "budget", "attack", "n", "clean_refusal", "asr", "asr_lo", "asr_hi",
+               "lvs_median", "lvs_lo", "lvs_hi", "lvs_mean"]
     table = summary[columns].copy()
     return table.to_string(index=False, float_format=lambda value: f"{value:.3f}")
 
@@ -181,11 +182,11 @@ def _add_audit_parser(subparsers) -> None:
     audit.add_argument("--finetune-lr", type=float, default=1e-4, help="fine-tuning learning rate")
     audit.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds")
     audit.add_argument("--steps", default=",".join(("behaviour", "probe", "lvs", "steering", "finetune", "patching")),
-                       help="audit steps to run, a comma list")
-    audit.add_argument("--max-new-tokens", type=int, default=24)
-    audit.add_argument("--device", default="")
+                       help="audit steps to run, a comma list of behaviour, probe, lvs, steering, finetune, patching (default: all)")
+    audit.add_argument("--max-new-tokens", type=int, default=24, help="tokens generated per response (default: 24)")
+    audit.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     audit.add_argument("--out", default=None, help="run folder (default: runs/audit-NAME-TIMESTAMP)")
-    audit.add_argument("--overwrite", action="store_true")
+    audit.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     audit.add_argument("--resume", action="store_true", help="continue an interrupted audit in --out")
 
 

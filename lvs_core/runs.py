@@ -168,6 +168,10 @@ class RunStore:
         if not (self.path / "config.json").is_file():
             atomic_write_text(json.dumps({**config, "settings": self.settings}, indent=2, sort_keys=True), self.path / "config.json")
 
+    def is_complete(self, final_table: str) -> bool:
+        """Return whether the run already has its final ``final_table`` and nothing left in ``parts/``."""
+        return (self.path / f"{final_table}.parquet").is_file() and not (self.path / "parts").exists()
+
     def _part(self, table: str, key: str) -> Path:
         return self.path / "parts" / table / f"{key}.parquet"
 

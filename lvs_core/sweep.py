@@ -129,6 +129,9 @@ def run_sweep(
 
     settings = {**asdict(config), "models": list(config.models), "budgets": list(config.budgets)}
     store = RunStore(out_dir, settings, overwrite=overwrite, resume=resume)
+    if store.is_complete("summary"):
+        logger.warning("run %s is already complete; nothing to resume", out_dir)
+        return out_dir
     model_info = [
         {"spec": spec, "name": model.short_name(), "n_layers": model.n_layers, "d_model": model.d_model,
          "n_params": model.n_params, "nudge_layer": (model.nudge or {}).get("layer")}
@@ -141,6 +144,8 @@ def run_sweep(
 
     total = sum(len(layers) * len(config.budgets) for _, _, layers, _ in plans)
     done = 0
+    if progress is not None:
+        progress(0, total, "clean generations")
     started = time.monotonic()
     for model_index, (spec, model, layers, batches) in enumerate(plans):
         name = model.short_name()

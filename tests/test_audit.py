@@ -88,7 +88,8 @@ def test_audit_resumes_after_interrupt(audit_inputs, tmp_path):
 
     labels = []
     path = run_audit(config, tmp_path / "audit", resume=True, progress=lambda d, t, label: labels.append(label))
-    assert len(labels) == 4
+    assert len(labels) == 5
+    assert labels[0] == "behaviour"
     cells = pd.read_parquet(path / "cells.parquet")
     assert not cells.duplicated(["prompt_id", "layer", "attack"]).any()
     assert len(cells) == 4 * 2 * 2

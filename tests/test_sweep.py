@@ -160,6 +160,13 @@ def test_interrupted_sweep_resumes(tmp_path, llama_model, prompt_csv):
     assert len(resumed.cells) == 3 * 2 * 2 * 2
     pd.testing.assert_frame_equal(resumed.cells, fresh.cells)
 
+    # Resuming a complete run changes nothing and computes nothing.
+    before = (tmp_path / "fresh" / "cells.parquet").stat().st_mtime_ns
+    calls.clear()
+    run_sweep(config, tmp_path / "fresh", models=models, resume=True, progress=interrupt_after_two)
+    assert calls == []
+    assert (tmp_path / "fresh" / "cells.parquet").stat().st_mtime_ns == before
+
 
 def test_killed_cli_sweep_resumes(tmp_path, llama_folder, prompt_csv):
     import signal
