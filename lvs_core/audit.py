@@ -40,7 +40,7 @@ from lvs_core.attack import AttackConfig, validate_budget
 from lvs_core.behaviour import behaviour_rates
 from lvs_core.directions import check_twin, refusal_direction, twin_direction
 from lvs_core.errors import AuditInputError
-from lvs_core.finetune import GENERIC_COMPLIANCE, finetune_curve, steps_to_break
+from lvs_core.finetune import GENERIC_COMPLIANCE, finetune_curve, load_finetune_records, steps_to_break
 from lvs_core.metrics import summarize
 from lvs_core.models import ASSETS_DIR, AuditModel, layer_label, load_model, parse_layer, parse_layers, resolve_model_path
 from lvs_core.patching import patching_flip_rates
@@ -74,6 +74,8 @@ class AuditConfig:
         steer_layer: steering and nudge layer; empty for the model's trained nudge layer or the middle block.
         patch_frac: steering fraction of the compliant source run for patching.
         finetune_steps / finetune_every / finetune_lr / finetune_batch: fine-tuning schedule.
+        finetune_data: CSV/JSONL of content-free prompt/response pairs; empty for the demo
+            zoo's placeholder compliance data.
         seeds: fine-tuning seeds.
         probe_train_prompts: harmful prompts used to train the probe.
         max_new_tokens: tokens per generated response.
@@ -94,6 +96,7 @@ class AuditConfig:
     finetune_every: int = 2
     finetune_lr: float = 1e-4
     finetune_batch: int = 8
+    finetune_data: str = ""
     seeds: tuple[int, ...] = (0, 1, 2)
     probe_train_prompts: int = 64
     max_new_tokens: int = 24
@@ -115,6 +118,8 @@ class AuditConfig:
                 raise AuditInputError(f"unknown audit step {step!r}: use some of {', '.join(STEPS)}")
         if not self.seeds:
             raise AuditInputError("no fine-tuning seed given: pass --seeds such as 0,1,2")
+        if self.finetune_data and "finetune" in self.steps:
+            load_finetune_records(self.finetune_data)
 
 
 def parse_twins(items: list[str]) -> tuple[tuple[str, str], ...]:
@@ -239,7 +244,10 @@ class Auditor:
         return pd.DataFrame(records)
 
     def finetune(self, seed: int) -> pd.DataFrame:
-        pairs = _finetune_pairs() or [{"prompt": p, "response": GENERIC_COMPLIANCE} for p in self.harmful]
+        if self.config.finetune_data:
+            pairs = load_finetune_records(self.config.finetune_data)
+        else:
+            pairs = _finetune_pairs() or [{"prompt": p, "response": GENERIC_COMPLIANCE} for p in self.harmful]
         curve = finetune_curve(
             self.model.spec, pairs, self.harmful, max_steps=self.config.finetune_steps,
             eval_every=self.config.finetune_every, learning_rate=self.config.finetune_lr,

@@ -181,6 +181,8 @@ def _add_audit_parser(subparsers) -> None:
     audit.add_argument("--finetune-every", type=int, default=2, help="evaluate compliance every N fine-tuning steps")
     audit.add_argument("--finetune-lr", type=float, default=1e-4, help="fine-tuning learning rate")
     audit.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds")
+    audit.add_argument("--finetune-data", default="",
+                       help="CSV/JSONL with 'prompt' and 'response' columns of content-free compliance (default: the demo zoo's placeholders)")
     audit.add_argument("--steps", default=",".join(("behaviour", "probe", "lvs", "steering", "finetune", "patching")),
                        help="audit steps to run, a comma list of behaviour, probe, lvs, steering, finetune, patching (default: all)")
     audit.add_argument("--max-new-tokens", type=int, default=24, help="tokens generated per response (default: 24)")
@@ -224,6 +226,7 @@ def _audit(args: argparse.Namespace) -> int:
         finetune_every=args.finetune_every,
         finetune_lr=args.finetune_lr,
         seeds=_int_list(args.seeds, "--seeds"),
+        finetune_data=args.finetune_data,
         steps=tuple(step.strip() for step in args.steps.split(",") if step.strip()),
         max_new_tokens=args.max_new_tokens,
         device=args.device,

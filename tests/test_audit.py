@@ -106,6 +106,12 @@ def test_audit_bad_input(audit_inputs, tmp_path, capsys):
     code = main(["audit", "--model", str(audit_inputs["model"]), "--steer-fracs", "a,b", "--out", str(tmp_path / "x")])
     assert code == 2
     assert "invalid --steer-fracs 'a,b'" in capsys.readouterr().err
+    bad_data = tmp_path / "ft.csv"
+    bad_data.write_text("prompt,answer\na,b\n")
+    code = main(["audit", "--model", str(audit_inputs["model"]), "--finetune-data", str(bad_data), "--out", str(tmp_path / "y")])
+    assert code == 2
+    assert "has no 'response' column" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
     code = main(["compare", str(tmp_path)])
     assert code == 2
     assert "not a complete audit run" in capsys.readouterr().err
