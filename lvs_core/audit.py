@@ -73,6 +73,8 @@ class AuditConfig:
         steer_fracs: steering sizes as fractions of the mean residual norm at the steering layer.
         steer_layer: steering and nudge layer; empty for the model's trained nudge layer or the middle block.
         patch_frac: steering fraction of the compliant source run for patching.
+        patch_source: ``steer`` (the model under its trained nudge or the steering vector)
+            or ``twin`` (the harmful twin on the same prompt).
         finetune_steps / finetune_every / finetune_lr / finetune_batch: fine-tuning schedule.
         finetune_data: CSV/JSONL of content-free prompt/response pairs; empty for the demo
             zoo's placeholder compliance data.
@@ -92,6 +94,7 @@ class AuditConfig:
     steer_fracs: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
     steer_layer: str = ""
     patch_frac: float = 1.0
+    patch_source: str = "steer"
     finetune_steps: int = 40
     finetune_every: int = 2
     finetune_lr: float = 1e-4
@@ -118,6 +121,10 @@ class AuditConfig:
                 raise AuditInputError(f"unknown audit step {step!r}: use some of {', '.join(STEPS)}")
         if not self.seeds:
             raise AuditInputError("no fine-tuning seed given: pass --seeds such as 0,1,2")
+        if self.patch_source not in ("steer", "twin"):
+            raise AuditInputError(f"unknown patch source {self.patch_source!r}: use steer or twin")
+        if self.patch_source == "twin" and "harmful" not in dict(self.twins):
+            raise AuditInputError("patching from the twin needs a harmful twin: add --twin harmful=SPEC")
         if self.finetune_data and "finetune" in self.steps:
             load_finetune_records(self.finetune_data)
 
@@ -258,6 +265,12 @@ class Auditor:
 
     def patching(self) -> pd.DataFrame:
         layers = parse_layers(self.config.layers, self.model.n_layers)
+        if self.config.patch_source == "twin":
+            records = patching_flip_rates(self.model, self.harmful, layers, twin=self.twins["harmful"],
+                                          max_new_tokens=self.config.max_new_tokens)
+            frame = pd.DataFrame(records)
+            frame["source"] = f"twin {self.twins['harmful'].spec}"
+            return frame
         if self.model.nudge is not None:
             vector = self.model.nudge["alpha"] * self.model.nudge["direction"]
             source = "trained nudge"

@@ -181,6 +181,8 @@ def _add_audit_parser(subparsers) -> None:
     audit.add_argument("--finetune-every", type=int, default=2, help="evaluate compliance every N fine-tuning steps")
     audit.add_argument("--finetune-lr", type=float, default=1e-4, help="fine-tuning learning rate")
     audit.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds")
+    audit.add_argument("--patch-source", default="steer", choices=("steer", "twin"),
+                       help="compliant source of patching: the model under its nudge or steering vector (default), or the harmful twin")
     audit.add_argument("--finetune-data", default="",
                        help="CSV/JSONL with 'prompt' and 'response' columns of content-free compliance (default: the demo zoo's placeholders)")
     audit.add_argument("--steps", default=",".join(("behaviour", "probe", "lvs", "steering", "finetune", "patching")),
@@ -227,6 +229,7 @@ def _audit(args: argparse.Namespace) -> int:
         finetune_lr=args.finetune_lr,
         seeds=_int_list(args.seeds, "--seeds"),
         finetune_data=args.finetune_data,
+        patch_source=args.patch_source,
         steps=tuple(step.strip() for step in args.steps.split(",") if step.strip()),
         max_new_tokens=args.max_new_tokens,
         device=args.device,

@@ -72,6 +72,15 @@ def test_audit_writes_every_table(audit_inputs, tmp_path):
     assert "lvs_ci@0" not in headline.index
 
 
+def test_patching_from_twin(audit_inputs, tmp_path):
+    path = run_audit(_config(audit_inputs, steps=("patching",), layers="1,2", patch_source="twin"), tmp_path / "audit")
+    patching = pd.read_parquet(path / "patching.parquet")
+    assert list(patching["layer"]) == ["1", "2"]
+    assert patching["source"].iloc[0].startswith("twin ")
+    with pytest.raises(AuditInputError, match="needs a harmful twin"):
+        _config(audit_inputs, twins=(), patch_source="twin").validate()
+
+
 def test_audit_resumes_after_interrupt(audit_inputs, tmp_path):
     def interrupt_at_steering(done, total, label):
         if label.startswith("steering"):

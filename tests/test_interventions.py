@@ -79,6 +79,17 @@ def test_twin_of_other_architecture(llama_model, checkpoint_root):
         check_twin(llama_model, other)
 
 
+def test_twin_with_other_vocabulary(llama_model, checkpoint_root):
+    from checkpoints import make_checkpoint
+
+    from lvs_core.models import load_model
+
+    twin = load_model(str(make_checkpoint(checkpoint_root / "vocab", "llama", seed=2)))
+    twin.tokenizer.add_tokens(["<|extra|>"])
+    with pytest.raises(AuditInputError, match="another vocabulary"):
+        check_twin(llama_model, twin)
+
+
 def test_steering_sweep_records(llama_model):
     direction = -refusal_direction(llama_model, HARMFUL, BENIGN, 1)
     records = steering_sweep(llama_model, HARMFUL, 1, direction, (0.0, 4.0), max_new_tokens=4)
