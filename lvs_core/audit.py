@@ -17,8 +17,8 @@
   activation of the same prompt under the steering vector (the trained nudge for a
   model that has one).
 
-Each step is one part of a resumable run (:class:`lvs_core.runs.RunStore`); the final
-folder holds ``audit.parquet`` (the one-row summary) and one table per intervention.
+Each step is one part of a resumable run (:class:`lvs_core.runs.RunStore`). The final
+folder contains ``audit.parquet``, the one-row summary, and one table per intervention.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Activation patching at the last prompt position.
 
-For each layer, the residual at the last prompt position (the assistant header, where
-the model decides how to start its reply) is replaced by the same position's residual
-from a compliant source run: the same prompt under a steering delta (for a dissociated
-model, its trained nudge), or the same prompt in a harmful twin. The flip rate is the
-fraction of prompts refused clean that comply once patched.
+For each layer, the residual at the last prompt position is replaced by the same
+position's residual from a compliant source run. That position is the assistant header,
+where the model decides how to start its reply. The source is the same prompt under a
+steering delta (for a dissociated model, its trained nudge) or the same prompt in a
+harmful twin. The flip rate is the fraction of prompts refused clean that comply once
+patched.
 """
 
 from __future__ import annotations
