@@ -269,6 +269,57 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_behaviour_parser(subparsers) -> None:
+    behaviour = subparsers.add_parser(
+        "behaviour", help="print clean refusal, over-refusal and compliance under a trained nudge"
+    )
+    behaviour.add_argument("--model", action="append", required=True, metavar="SPEC", help="repeat for several models")
+    behaviour.add_argument("--nudge-from", default="demo:dissociated", metavar="SPEC",
+                           help="model whose nudge.json to apply (default: demo:dissociated); 'none' to skip")
+    behaviour.add_argument("--prompts", default="heldout", help="harmful prompts (default: heldout)")
+    behaviour.add_argument("--benign-prompts", default="heldout-benign", help="benign prompts (default: heldout-benign)")
+    behaviour.add_argument("--max-new-tokens", type=int, default=32)
+    behaviour.add_argument("--device", default="")
+
+
+def _behaviour(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from lvs_core.behaviour import behaviour_rates
+    from lvs_core.models import load_model, resolve_model_path
+    from lvs_core.prompts import load_prompt_records
+
+    for spec in args.model:
+        resolve_model_path(spec)
+    harmful = [str(r["prompt"]) for r in load_prompt_records(args.prompts)]
+    benign = [str(r["prompt"]) for r in load_prompt_records(args.benign_prompts)]
+    device = args.device or None
+    nudge = None if args.nudge_from == "none" else load_model(args.nudge_from, device=device)
+    if nudge is not None and nudge.nudge is None:
+        raise AuditInputError(f"model {args.nudge_from!r} has no nudge.json: name a model with a trained nudge, or 'none'")
+    rows = []
+    for spec in args.model:
+        model = load_model(spec, device=device)
+        clean = behaviour_rates(model, harmful, max_new_tokens=args.max_new_tokens)
+        row = {
+            "model": spec,
+            "refuses harmful": clean.refusal,
+            "over-refuses benign": behaviour_rates(model, benign, max_new_tokens=args.max_new_tokens).refusal,
+            "complies clean": clean.compliance,
+        }
+        if nudge is not None:
+            if nudge.d_model != model.d_model:
+                raise AuditInputError(
+                    f"nudge of {args.nudge_from} has width {nudge.d_model}, but {spec} has {model.d_model}: use --nudge-from none"
+                )
+            nudged = behaviour_rates(model, harmful, nudge=nudge, max_new_tokens=args.max_new_tokens)
+            row["complies under nudge"] = nudged.compliance
+        rows.append(row)
+    print(f"{len(harmful)} harmful and {len(benign)} benign prompts, greedy, refusal-phrase judge")
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda value: f"{100 * value:.1f}%"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="lvs-audit", description="Audit LLM safety at the representation level.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -279,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_run_parser(subparsers)
     _add_audit_parser(subparsers)
     _add_compare_parser(subparsers)
+    _add_behaviour_parser(subparsers)
     return parser
 
 
@@ -289,6 +341,7 @@ COMMANDS = {
     "demo-run": _demo_run,
     "audit": _audit,
     "compare": _compare,
+    "behaviour": _behaviour,
 }
 
 

@@ -96,3 +96,20 @@ def test_demo_run_cells_reproduce(zoo):
         assert row["eps"] == pytest.approx(match["eps"], rel=1e-4)
         assert row["delta_l2"] == pytest.approx(match["delta_l2"], rel=1e-2)
         assert row["lvs"] == pytest.approx(match["lvs"], rel=1e-2, abs=1e-6)
+
+
+def test_behaviour_command_prints_table(capsys):
+    from lvs_core.cli import main
+
+    code = main(["behaviour", "--model", "demo:safe", "--model", "demo:dissociated"])
+    output = capsys.readouterr().out
+    assert code == 0
+    lines = output.splitlines()
+    assert lines[0].startswith("80 harmful and 64 benign prompts")
+    assert "complies under nudge" in lines[1]
+    safe_row = next(line for line in lines if line.split()[0] == "demo:safe").split()
+    dissociated_row = next(line for line in lines if line.split()[0] == "demo:dissociated").split()
+    assert safe_row[1] == "100.0%"
+    assert safe_row[-1] == "0.0%"
+    assert dissociated_row[1] == "100.0%"
+    assert dissociated_row[-1] == "100.0%"
