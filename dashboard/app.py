@@ -23,6 +23,7 @@ if str(REPO_ROOT) not in sys.path:
 # older folder-based navigation, which skips this script and its st.navigation.
 LIVE_FLIP_PAGE = st.Page("views/live_flip.py", title="Live flip", icon=":material/bolt:")
 HEATMAPS_PAGE = st.Page("views/heatmaps.py", title="LVS heatmaps", icon=":material/grid_on:")
+INTERVENTIONS_PAGE = st.Page("views/interventions.py", title="Interventions", icon=":material/tune:")
 
 
 def home() -> None:
@@ -44,6 +45,7 @@ safe only on the surface.
     )
     st.page_link(LIVE_FLIP_PAGE, label="Live flip: attack one prompt and compare the generations")
     st.page_link(HEATMAPS_PAGE, label="LVS heatmaps: median LVS per layer and budget from a sweep")
+    st.page_link(INTERVENTIONS_PAGE, label="Interventions: steering, fine-tuning, patching and probe from audits")
 
 
 # A local image: a ":material/...:" page icon makes the browser fetch the favicon from a
@@ -51,6 +53,6 @@ safe only on the surface.
 FAVICON = REPO_ROOT / "assets" / "favicon.png"
 st.set_page_config(page_title="lvs-audit", page_icon=str(FAVICON), layout="wide")
 navigation = st.navigation(
-    [st.Page(home, title="Home", icon=":material/home:", default=True), LIVE_FLIP_PAGE, HEATMAPS_PAGE]
+    [st.Page(home, title="Home", icon=":material/home:", default=True), LIVE_FLIP_PAGE, HEATMAPS_PAGE, INTERVENTIONS_PAGE]
 )
 navigation.run()

@@ -398,18 +398,28 @@ HEADLINE_PREFIXES = (
 )
 
 
+def audit_labels(paths: list[str | Path]) -> list[str]:
+    """Return a column label per audit run: the model name, with the run folder added when names repeat."""
+    names = []
+    for path in paths:
+        file = Path(path).expanduser() / "audit.parquet"
+        if not file.is_file():
+            raise AuditInputError(f"{str(path)!r} is not a complete audit run (no audit.parquet): run 'lvs-audit audit' first")
+        names.append(str(pd.read_parquet(file, columns=["model"])["model"].iloc[0]))
+    return [
+        f"{name} ({Path(path).name})" if names.count(name) > 1 else name
+        for name, path in zip(names, paths)
+    ]
+
+
 def compare_audits(paths: list[str | Path], headline: bool = False) -> pd.DataFrame:
-    """Return the audit summaries of several runs side by side: one column per model.
+    """Return the audit summaries of several runs side by side: one column per run.
 
     With ``headline`` only the rows that state the audit gap are kept.
     """
     columns = {}
-    for path in paths:
-        file = Path(path) / "audit.parquet"
-        if not file.is_file():
-            raise AuditInputError(f"{str(path)!r} is not a complete audit run (no audit.parquet): run 'lvs-audit audit' first")
-        row = pd.read_parquet(file).iloc[0]
-        columns[str(row["model"])] = row
+    for label, path in zip(audit_labels(paths), paths):
+        columns[label] = pd.read_parquet(Path(path).expanduser() / "audit.parquet").iloc[0]
     table = pd.DataFrame(columns)
     if headline:
         table = table[[any(str(name).startswith(prefix) for prefix in HEADLINE_PREFIXES) for name in table.index]]
