@@ -79,8 +79,13 @@ def app_url(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     # One torch thread: the width-32 test models gain nothing from more, and the
     # server shares the CPUs with the test process.
-    env = {**os.environ, **inputs.environment(), "OMP_NUM_THREADS": "1"}
-    log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
+    log_dir = tmp_path_factory.mktemp("streamlit")
+    env = {
+        **os.environ, **inputs.environment(), "OMP_NUM_THREADS": "1",
+        # An empty runs folder, so that audits in a developer's ./runs/ do not show.
+        "LVS_AUDIT_RUNS_ROOT": str(log_dir),
+    }
+    log_path = log_dir / "server.log"
     command = [
         sys.executable, "-m", "streamlit", "run", str(APP_PATH),
         "--server.port", str(port),
@@ -161,9 +166,9 @@ def test_heatmaps_deep_link_first_request(page, app_url):
     assert time.monotonic() - started < HEATMAPS_FIRST_OPEN_S
     links = page.locator('[data-testid="stSidebarNavLink"]')
     navigation = links.all_text_contents()
-    assert len(navigation) == 3, navigation
+    assert len(navigation) == 4, navigation
     # Each link's text starts with its icon's ligature name, such as "homeHome".
-    for title in ("Home", "Live flip", "LVS heatmaps"):
+    for title in ("Home", "Live flip", "LVS heatmaps", "Interventions"):
         assert links.filter(has_text=re.compile(f"{title}$")).count() == 1, navigation
     assert page.locator(EXCEPTION).count() == 0
 
@@ -171,12 +176,21 @@ def test_heatmaps_deep_link_first_request(page, app_url):
 def test_home_page_loads(page, app_url):
     open_home(page, app_url)
     links = page.locator('[data-testid="stPageLink"]')
-    links.nth(1).wait_for()
+    links.nth(2).wait_for()
 
-    assert links.count() == 2
+    assert links.count() == 3
     assert page.get_by_text("audit gap").count() == 1
     assert page.locator(EXCEPTION).count() == 0
     screenshot(page, "home.png")
+
+
+def test_interventions_page_loads(page, app_url):
+    # The test server's working folder has no audits, so the page says how to write one.
+    open_home(page, app_url)
+    open_page(page, "Interventions")
+    page.get_by_text("No audit run selected").wait_for()
+    assert page.locator(EXCEPTION).count() == 0
+    screenshot(page, "interventions-empty.png")
 
 
 def test_heatmaps_toggle_changes_chart(page, app_url):

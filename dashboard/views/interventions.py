@@ -1,11 +1,13 @@
 """Interventions: the audits of one or more models side by side.
 
 Reads only the parquet tables of audit runs written by ``lvs-audit audit``, never a model.
+It lists the audits in ``LVS_AUDIT_RUNS_ROOT`` (default ``./runs``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -42,7 +44,7 @@ st.caption(
     "static probe. Write audits with 'lvs-audit audit --out runs/NAME'."
 )
 
-choices = audit_run_choices(Path.cwd() / "runs")
+choices = audit_run_choices(Path(os.environ.get("LVS_AUDIT_RUNS_ROOT", "runs")).expanduser())
 selected = st.multiselect("Audit runs", choices, default=choices[:2], key="audit_runs",
                           help="Audit run folders under ./runs/; add others by path below.")
 extra = st.text_input("Other audit folders (comma-separated)", key="audit_paths").strip()
