@@ -115,13 +115,13 @@ def format_summary(summary) -> str:
 
 
 def _add_flip_parser(subparsers) -> None:
-    flip = subparsers.add_parser("flip", help="attack one prompt at one layer and budget and print both generations")
+    flip = subparsers.add_parser("flip", help="attack one prompt at one layer and budget and print the clean, attacked and control generations as JSON")
     flip.add_argument("--model", required=True, metavar="SPEC")
     flip.add_argument("--prompt", required=True)
     flip.add_argument("--layer", required=True, help="'embedding' or a block index")
     flip.add_argument("--budget", required=True, help="L-inf budget as a fraction of max|h| at the layer")
-    flip.add_argument("--max-new-tokens", type=int, default=32)
-    flip.add_argument("--device", default="")
+    flip.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per response (default: 32)")
+    flip.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
 
 
 def _flip(args: argparse.Namespace) -> int:
@@ -361,7 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lvs-audit: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("lvs-audit: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
+        if args.command in ("sweep", "audit"):
+            print("lvs-audit: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
+        else:
+            print("lvs-audit: interrupted", file=sys.stderr)
         return 130
 
 
