@@ -20,6 +20,11 @@ def _colour(index: int) -> str:
     return MODEL_COLOURS[index % len(MODEL_COLOURS)]
 
 
+def _error_bars(rows: pd.DataFrame, value: str, low: str, high: str) -> dict:
+    """Return Plotly asymmetric error bars from a value column and its interval columns."""
+    return {"type": "data", "symmetric": False, "array": rows[high] - rows[value], "arrayminus": rows[value] - rows[low]}
+
+
 def steering_figure(steering: dict[str, pd.DataFrame]) -> go.Figure:
     """Return compliance against steering fraction: solid along the direction, dotted for the random control."""
     figure = go.Figure()
@@ -36,12 +41,7 @@ def steering_figure(steering: dict[str, pd.DataFrame]) -> go.Figure:
                     mode="lines+markers",
                     name=f"{model}: {kind}",
                     line={"color": _colour(index), "dash": dash},
-                    error_y={
-                        "type": "data",
-                        "symmetric": False,
-                        "array": rows["compliance_hi"] - rows["compliance"],
-                        "arrayminus": rows["compliance"] - rows["compliance_lo"],
-                    },
+                    error_y=_error_bars(rows, "compliance", "compliance_lo", "compliance_hi"),
                 )
             )
     figure.update_layout(
@@ -91,12 +91,7 @@ def patching_figure(patching: dict[str, pd.DataFrame]) -> go.Figure:
                 y=rows["flip_rate"],
                 name=model,
                 marker_color=_colour(index),
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": rows["flip_hi"] - rows["flip_rate"],
-                    "arrayminus": rows["flip_rate"] - rows["flip_lo"],
-                },
+                error_y=_error_bars(rows, "flip_rate", "flip_lo", "flip_hi"),
             )
         )
     figure.update_layout(

@@ -1,8 +1,9 @@
 """Latent attack on the residual stream: L-inf PGD and its random control.
 
 For a prompt, a layer and a budget ``b``, the attack looks for a per-position delta
-``[pos, d_model]`` on the prompt positions only (the chat-formatted prompt up to and
-including the assistant header; pad positions and the target stay untouched) with
+``[pos, d_model]`` on the prompt positions only. Those are the chat-formatted prompt up to
+and including the assistant header, so pad positions and the target stay untouched. The
+delta satisfies
 
     ||delta||_inf <= eps,   eps = b * max |h_clean|
 

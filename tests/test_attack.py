@@ -92,7 +92,7 @@ def test_random_delta_in_ball(llama_model):
 
 def test_no_gradient_is_an_error(llama_model):
     # Detaching the residual right after block 0 cuts every path from a delta at
-    # block 0 to the loss; the attack must say so instead of returning a zero LVS.
+    # block 0 to the loss, so the attack must raise instead of returning a zero LVS.
     batch = build_batch(llama_model, PROMPTS)
     eps = linf_eps(clean_residual(llama_model, batch, 0), batch, 0.5)
     with llama_model.bridge.hooks(fwd_hooks=[("blocks.1.hook_in", lambda x, hook: x.detach())]):

@@ -185,7 +185,7 @@ def test_home_page_loads(page, app_url):
 
 
 def test_interventions_page_loads(page, app_url):
-    # The test server's working folder has no audits, so the page says how to write one.
+    # The test server lists audits from an empty folder, so the page shows how to write one.
     open_home(page, app_url)
     open_page(page, "Interventions")
     page.get_by_text("No audit run selected").wait_for()

@@ -95,7 +95,7 @@ def test_results_independent_of_batch(arch_model):
     assert torch.isclose(single["eps"], batched["eps"], rtol=1e-5)
 
     # Float noise of about 1e-6 in the activations can flip the sign of a near-zero
-    # gradient element; over 10 steps that moves a few elements, never the outcome.
+    # gradient element. Over 10 steps that moves a few elements but not the outcome.
     sign_agreement = (single["delta"].sign() == batched["delta"].sign()).float().mean()
     assert sign_agreement > 0.95
     assert torch.allclose(single["nll"], batched["nll"], atol=1e-2)
