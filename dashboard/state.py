@@ -13,6 +13,9 @@ Environment variables (all optional):
     exists, else the newest run under ``./runs/``.
 ``LVS_AUDIT_DEVICE``
     ``cpu``, ``cuda`` or ``cuda:N`` for Live flip models. Default: CUDA when available.
+``LVS_AUDIT_RUNS_ROOT``
+    Folder whose runs the Overview, Interventions, Prompt inspector and Runs pages list,
+    and where the Runs page writes new and imported runs. Default: ``./runs``.
 
 Loaded models live in ``st.cache_resource``, so one model object is shared by every
 browser session. An attack attaches hooks to that object, so every call into a model
@@ -41,6 +44,10 @@ MODELS_ENV = "LVS_AUDIT_MODELS"
 PROMPTS_ENV = "LVS_AUDIT_PROMPTS"
 RUN_DIR_ENV = "LVS_AUDIT_RUN_DIR"
 DEVICE_ENV = "LVS_AUDIT_DEVICE"
+RUNS_ROOT_ENV = "LVS_AUDIT_RUNS_ROOT"
+# Session key through which another page (the Prompt inspector) asks Live flip to open a
+# prompt: a dict with the keys model, prompt, layer (a layer label) and budget.
+LIVE_FLIP_REQUEST_KEY = "live_flip_request"
 
 DEFAULT_MODEL_SPECS = tuple(f"demo:{name}" for name in DEMO_MODEL_NAMES)
 DEFAULT_PROMPT_SOURCE = "heldout"
@@ -99,7 +106,7 @@ def run_choices() -> list[str]:
         candidates.append(Path(override).expanduser())
     if (DEMO_RUN_DIR / "summary.parquet").is_file():
         candidates.append(DEMO_RUN_DIR)
-    candidates.extend(list_runs(Path.cwd() / "runs"))
+    candidates.extend(list_runs(runs_root()))
 
     choices: list[str] = []
     seen: set[Path] = set()
@@ -119,10 +126,30 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
+# (spec, device) pairs loaded in this process, so the sidebar can show a model's card
+# without loading it. An entry may outlive a cache eviction; then the card reloads it.
+_loaded: set[tuple[str, str | None]] = set()
+
+
 @st.cache_resource(show_spinner=False, max_entries=MAX_CACHED_MODELS)
 def _shared_model(spec: str, device: str | None) -> SharedModel:
     # Exceptions are not cached, so a failed load is retried on the next request.
-    return SharedModel(model=load_model(spec, device=device), lock=threading.Lock())
+    shared = SharedModel(model=load_model(spec, device=device), lock=threading.Lock())
+    _loaded.add((spec, device))
+    return shared
+
+
+def is_model_loaded(spec: str) -> bool:
+    """Return whether ``spec`` was loaded in this process on the configured device."""
+    try:
+        return (spec.strip(), model_device()) in _loaded
+    except AuditInputError:
+        return False
+
+
+def runs_root() -> Path:
+    """Return the folder of the user's runs, from ``LVS_AUDIT_RUNS_ROOT`` or ``./runs``."""
+    return Path(os.environ.get(RUNS_ROOT_ENV, "").strip() or "runs").expanduser().absolute()
 
 
 def shared_model(spec: str) -> SharedModel:

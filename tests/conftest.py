@@ -11,6 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from browser_support import app_url, browser, page, served_app  # noqa: E402, F401  (fixtures)
 from checkpoints import ARCHITECTURES, make_checkpoint  # noqa: E402
 
 logging.getLogger("transformers").setLevel(logging.ERROR)

@@ -308,7 +308,7 @@ def test_live_flip_runs_attack_from_path(app_env):
 
     assert_no_exception(app)
     assert not app.error, [element.value for element in app.error]
-    subheaders = [element.value for element in app.subheader]
+    subheaders = [element.value for element in app.main.subheader]
     assert subheaders == ["Clean", "PGD attack", "Random control"]
     assert len(badges(app)) == 3
 

@@ -7,13 +7,12 @@ It lists the audits in ``LVS_AUDIT_RUNS_ROOT`` (default ``./runs``).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from dashboard import intervention_charts
+from dashboard import intervention_charts, state
 from lvs_core.audit import audit_labels, compare_audits
 from lvs_core.errors import AuditInputError
 
@@ -44,7 +43,7 @@ st.caption(
     "static probe. Write audits with 'lvs-audit audit --out runs/NAME'."
 )
 
-choices = audit_run_choices(Path(os.environ.get("LVS_AUDIT_RUNS_ROOT", "runs")).expanduser())
+choices = audit_run_choices(state.runs_root())
 selected = st.multiselect("Audit runs", choices, default=choices[:2], key="audit_runs",
                           help="Audit run folders under ./runs/; add others by path below.")
 extra = st.text_input("Other audit folders (comma-separated)", key="audit_paths").strip()

@@ -6,11 +6,11 @@ import logging
 
 import streamlit as st
 
-from dashboard import state
+from dashboard import model_picker, state
 from lvs_core.attack import validate_budget
 from lvs_core.errors import AuditInputError
 from lvs_core.generation import DEFAULT_MAX_NEW_TOKENS
-from lvs_core.models import AuditModel, layer_label
+from lvs_core.models import layer_label
 
 logger = logging.getLogger("dashboard.live_flip")
 
@@ -22,50 +22,6 @@ VERDICT_BADGES = {
     "invalid": ("gray", ":material/help:"),
 }
 PANELS = (("clean", "Clean"), ("pgd", "PGD attack"), ("random", "Random control"))
-
-
-def choose_model_spec() -> str:
-    """Render the model picker and return the chosen spec; stop the page until one is given."""
-    specs = state.model_specs()
-    choice = st.selectbox(
-        "Model",
-        [*specs, state.OTHER_MODEL],
-        key="model_choice",
-        help="Set LVS_AUDIT_MODELS (comma-separated specs) to change this list.",
-    )
-    spec = choice
-    if choice == state.OTHER_MODEL:
-        spec = st.text_input(
-            "Model folder or hub id",
-            key="model_spec",
-            placeholder="/path/to/checkpoint or Qwen/Qwen2.5-0.5B-Instruct",
-            help="A HuggingFace checkpoint folder with a chat template, or a hub id already in the local cache.",
-        ).strip()
-        if not spec:
-            st.info("Enter a checkpoint folder or a hub id to load a model.")
-            st.stop()
-    return spec
-
-
-def load_model_or_stop(spec: str) -> AuditModel:
-    """Load ``spec`` through the shared cache; on failure show one error line and stop the page."""
-    try:
-        with st.spinner(f"Loading {spec}…"):
-            return state.shared_model(spec).model
-    except AuditInputError as error:
-        logger.warning("loading model %r failed: %s", spec, error)
-        st.error(str(error))
-    # A typed spec can fail anywhere in the HuggingFace and TransformerLens loaders
-    # (an unsupported architecture, a corrupt file), so the page reports any failure
-    # as one line and keeps the traceback in the log.
-    except Exception as error:  # noqa: BLE001
-        logger.exception("loading model %r failed", spec)
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        st.error(
-            f"could not load model {spec!r} ({type(error).__name__}: {first_line}): "
-            "check that it is a causal LM checkpoint that TransformerLens supports"
-        )
-    st.stop()
 
 
 def choose_prompt() -> str:
@@ -161,11 +117,8 @@ st.caption(
     "stream toward an affirmative answer, and under uniform random noise of the same L∞ radius."
 )
 
-model_column, layer_column, budget_column = st.columns([3, 2, 2])
-with model_column:
-    spec = choose_model_spec()
-# Loaded outside the column so that a load error spans the page width.
-model = load_model_or_stop(spec)
+model = model_picker.current_model()
+layer_column, budget_column = st.columns(2)
 layers = model.layers
 layer = layer_column.selectbox(
     "Layer",
@@ -184,7 +137,6 @@ budget = budget_column.number_input(
     key="budget",
     help="L∞ radius of the delta as a fraction of max|h| over the prompt at this layer; must be above 0.",
 )
-st.caption(f"{model.spec}: {model.n_layers} blocks, d_model {model.d_model}, {model.n_params / 1e6:.2f}M parameters")
 
 prompt = choose_prompt()
 with st.expander("Generation settings"):
