@@ -24,6 +24,7 @@ interact: a prompt's delta does not depend on its batch neighbours.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from lvs_core.errors import AuditInputError
-from lvs_core.hooks import add_prompt_delta, capture_residual, residual_hooks
+from lvs_core.hooks import add_prompt_delta, capture_residual, layer_delta_hooks, residual_hooks
 from lvs_core.models import AuditModel, Layer, layer_label
 from lvs_core.prompts import PromptBatch, positions_from_mask, text_token_ids
 
@@ -142,13 +143,25 @@ def attack_radius(h_clean: torch.Tensor, batch: PromptBatch, budget: float, norm
 def _continuation_inputs(
     model: AuditModel, batch: PromptBatch, continuation: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return the prompt followed by all but the last continuation token, its mask, and the continuation ids.
+
+    The last continuation token predicts nothing that is scored, so it is left out.
+    """
     target_ids = text_token_ids(model, continuation)
     if not target_ids:
         raise AuditInputError(f"continuation {continuation!r} encodes to no tokens: give a non-empty text")
     target = torch.tensor(target_ids, device=batch.input_ids.device).expand(len(batch), -1)
-    input_ids = torch.cat([batch.input_ids, target], dim=1)
-    attention_mask = torch.cat([batch.attention_mask, torch.ones_like(target)], dim=1)
+    input_ids = torch.cat([batch.input_ids, target[:, :-1]], dim=1)
+    attention_mask = torch.cat([batch.attention_mask, torch.ones_like(target[:, :-1])], dim=1)
     return input_ids, attention_mask, target
+
+
+def accepts_logits_to_keep(model: AuditModel) -> bool:
+    """Return whether the HuggingFace model computes logits at the last positions only when asked."""
+    if model.logits_to_keep_ok is None:
+        forward = inspect.signature(model.bridge.original_model.forward)
+        model.logits_to_keep_ok = "logits_to_keep" in forward.parameters
+    return model.logits_to_keep_ok
 
 
 def continuation_logprob(
@@ -158,23 +171,31 @@ def continuation_logprob(
     layer: Layer | None = None,
     delta: torch.Tensor | None = None,
     reduction: str = "sum",
+    prompt_hooks: list | None = None,
 ) -> torch.Tensor:
     """Return ``log p(continuation | prompt)`` per row, under ``delta`` at ``layer`` if given.
 
-    ``reduction`` is ``sum`` (total log-probability) or ``mean`` (per token). Logits are
-    read only at the positions that predict the continuation, never at a pad.
+    ``reduction`` is ``sum`` (total log-probability), ``mean`` (per token) or ``none``
+    (``[batch, tokens]``). ``prompt_hooks`` are further ``(layer, hook)`` pairs, such as
+    :func:`lvs_core.hooks.layer_delta_hooks`. The unembedding runs only at the
+    positions that predict the continuation, when the model supports it.
     """
     input_ids, attention_mask, target = _continuation_inputs(model, batch, continuation)
     hooks = [] if delta is None else [(layer, add_prompt_delta(delta))]
+    hooks += list(prompt_hooks or [])
+    n_target = target.shape[1]
+    kwargs = {"logits_to_keep": n_target} if accepts_logits_to_keep(model) else {}
     with residual_hooks(model, hooks):
         logits = model.bridge(
             input_ids,
             attention_mask=attention_mask,
             position_ids=positions_from_mask(attention_mask),
+            **kwargs,
         )
-    width = batch.input_ids.shape[1]
-    predicting = logits[:, width - 1 : -1].float()
+    predicting = logits[:, -n_target:].float()
     token_logprobs = predicting.log_softmax(-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    if reduction == "none":
+        return token_logprobs
     if reduction == "mean":
         return token_logprobs.mean(dim=1)
     return token_logprobs.sum(dim=1)
@@ -197,11 +218,15 @@ def refusal_margin(
 def pgd_attack(
     model: AuditModel,
     batch: PromptBatch,
-    layer: Layer,
+    layer: Layer | None,
     eps: torch.Tensor,
     config: AttackConfig = AttackConfig(),
+    row_layers: list[Layer] | None = None,
 ) -> AttackResult:
     """Find a delta at ``layer`` inside the ``config.norm`` ball that lowers the target NLL, by PGD.
+
+    ``row_layers`` gives each row its own layer instead (``layer`` is then ignored), so
+    one pass attacks several layers; each row's delta acts at its layer only.
 
     Raises:
         RuntimeError: no gradient reaches the delta at this layer, which would otherwise
@@ -217,7 +242,8 @@ def pgd_attack(
     for step in range(config.steps + 1):
         delta.requires_grad_(True)
         with torch.enable_grad():
-            nll = -continuation_logprob(model, batch, config.target, layer, delta, reduction="mean")
+            hooks = layer_delta_hooks(delta, row_layers or [layer] * len(batch))
+            nll = -continuation_logprob(model, batch, config.target, reduction="mean", prompt_hooks=hooks)
             if step == config.steps:
                 history.append(nll.detach())
                 break
@@ -227,7 +253,7 @@ def pgd_attack(
         history.append(nll.detach())
         if gradient is None:
             raise RuntimeError(
-                f"no gradient reaches the delta at layer {layer_label(layer)} of {model.spec}: "
+                f"no gradient reaches the delta at layer {_layers_text(layer, row_layers)} of {model.spec}: "
                 "this layer cannot be attacked, pick another"
             )
         if float((gradient * mask).abs().sum()) == 0.0:
@@ -235,13 +261,13 @@ def pgd_attack(
             # where float32 rounds p(target) to 1 and there is nothing left to lower.
             if float(nll.max()) > 1e-4:
                 raise RuntimeError(
-                    f"no gradient reaches the delta at layer {layer_label(layer)} of {model.spec}: "
+                    f"no gradient reaches the delta at layer {_layers_text(layer, row_layers)} of {model.spec}: "
                     "this layer cannot be attacked, pick another"
                 )
             history.extend([nll.detach()] * (config.steps - step))
             break
         if not torch.isfinite(gradient).all():
-            raise RuntimeError(f"non-finite gradient at layer {layer_label(layer)} of {model.spec}")
+            raise RuntimeError(f"non-finite gradient at layer {_layers_text(layer, row_layers)} of {model.spec}")
 
         # Step down the NLL, then project back into the ball on prompt positions.
         with torch.no_grad():
@@ -255,6 +281,11 @@ def pgd_attack(
                 delta_norm = delta.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1)
                 delta = delta * torch.clamp(radius / delta_norm, max=1.0) * mask
     return AttackResult(delta=delta.detach(), eps=eps.detach(), nll_history=torch.stack(history))
+
+
+def _layers_text(layer: Layer | None, row_layers: list[Layer] | None) -> str:
+    layers = list(dict.fromkeys(row_layers)) if row_layers else [layer]
+    return ", ".join(layer_label(item) for item in layers)
 
 
 def random_delta(

@@ -65,7 +65,8 @@ def _add_sweep_parser(subparsers) -> None:
                        help="linf: budget x max|h| per element (default); l2: adaptive attack, budget x ||h||_2 over the prompt")
     sweep.add_argument("--scorer", default="refusal", help="judge of responses: refusal (default, refusal phrases), margin, hf:PATH_OR_ID (sequence classifier) or judge:PATH_OR_ID (yes/no classifier LM)")
     sweep.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per response (default: 32)")
-    sweep.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass (default: 32)")
+    sweep.add_argument("--batch-size", type=int, default=0,
+                       help="rows, (cell, prompt) pairs, per forward pass (default: 0, sized from free memory; halved on out-of-memory)")
     sweep.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     sweep.add_argument("--seed", type=int, default=0, help="seed of the random control and the bootstrap")
     sweep.add_argument("--out", default=None, help="run folder to write (default: runs/sweep-TIMESTAMP)")

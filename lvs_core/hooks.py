@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -78,3 +78,19 @@ def capture_residual(store: dict, key: str) -> HookFn:
         store[key] = activation
 
     return hook
+
+
+def layer_delta_hooks(delta: torch.Tensor, row_layers: Sequence[Layer]) -> list[tuple[Layer, HookFn]]:
+    """Return prompt hooks that add row ``i`` of ``delta`` at ``row_layers[i]`` only.
+
+    With one layer for all rows this is a single hook; otherwise each layer's hook adds
+    the delta times a 0/1 row mask, which keeps gradients flowing to every row.
+    """
+    distinct = list(dict.fromkeys(row_layers))
+    if len(distinct) == 1:
+        return [(distinct[0], add_prompt_delta(delta))]
+    hooks = []
+    for layer in distinct:
+        mask = torch.tensor([row == layer for row in row_layers], dtype=delta.dtype, device=delta.device)
+        hooks.append((layer, add_prompt_delta(delta * mask.view(-1, 1, 1))))
+    return hooks

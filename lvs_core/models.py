@@ -54,6 +54,8 @@ class AuditModel:
     nudge: dict | None = None
     source_path: str | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    # Whether the HuggingFace forward takes ``logits_to_keep``; found on first use.
+    logits_to_keep_ok: bool | None = None
 
     @property
     def n_layers(self) -> int:

@@ -128,11 +128,16 @@ def part_key(*fields: object) -> str:
     return f"{readable}-{digest}"
 
 
+# Settings that change how a run executes, not its results: a run may resume under others.
+EXECUTION_SETTINGS = ("batch_size",)
+
+
 class RunStore:
     """A run folder being written cell by cell, which a later call can resume.
 
     ``settings`` identify the work: resuming with other settings raises, because the
-    cells already written would not match the ones still to compute.
+    cells already written would not match the ones still to compute. Settings that
+    change only how the work runs (:data:`EXECUTION_SETTINGS`) may differ.
     """
 
     def __init__(self, path: str | Path, settings: dict, overwrite: bool = False, resume: bool = False):
@@ -145,12 +150,12 @@ class RunStore:
             if overwrite:
                 shutil.rmtree(self.path)
             elif resume:
-                existing = json.loads(config_file.read_text()).get("settings")
-                if existing != self.settings:
-                    changed = sorted(
-                        key for key in set(existing or {}) | set(self.settings)
-                        if (existing or {}).get(key) != self.settings.get(key)
-                    )
+                existing = json.loads(config_file.read_text()).get("settings") or {}
+                changed = sorted(
+                    key for key in set(existing) | set(self.settings)
+                    if key not in EXECUTION_SETTINGS and existing.get(key) != self.settings.get(key)
+                )
+                if changed:
                     raise AuditInputError(
                         f"cannot resume {str(self.path)!r}: its settings differ in {', '.join(changed)}; "
                         "rerun with the original settings, or pass --overwrite to start fresh"

@@ -14,11 +14,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 import lvs_core
 from lvs_core.attack import AttackConfig, validate_budget
-from lvs_core.engine import ATTACKS, attack_batch, clean_reference
+from lvs_core.engine import ATTACKS, CleanReference, attack_cells, auto_chunk_rows, clean_reference, take_rows
 from lvs_core.errors import AuditInputError
 from lvs_core.generation import DEFAULT_MAX_NEW_TOKENS
 from lvs_core.metrics import summarize
@@ -46,7 +47,8 @@ class SweepConfig:
         attack: PGD settings and target.
         scorer: ``refusal``, ``margin`` or ``hf:PATH_OR_ID``.
         max_new_tokens: greedy generation length per response, in tokens.
-        batch_size: prompts per forward pass.
+        batch_size: rows, (cell, prompt) pairs, per forward pass; 0 sizes chunks from
+            the device's free memory (:func:`lvs_core.engine.auto_chunk_rows`).
         device: ``cpu``, ``cuda`` or empty for automatic.
     """
 
@@ -58,7 +60,7 @@ class SweepConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     scorer: str = "refusal"
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    batch_size: int = 32
+    batch_size: int = 0
     device: str = ""
 
     def validate(self) -> None:
@@ -73,8 +75,8 @@ class SweepConfig:
             validate_budget(budget)
         if self.max_new_tokens < 1:
             raise AuditInputError(f"invalid max_new_tokens {self.max_new_tokens}: use at least 1")
-        if self.batch_size < 1:
-            raise AuditInputError(f"invalid batch size {self.batch_size}: use at least 1")
+        if self.batch_size < 0:
+            raise AuditInputError(f"invalid batch size {self.batch_size}: use 0 (sized from free memory) or a positive row count")
         if self.max_prompts < 0:
             raise AuditInputError(f"invalid max_prompts {self.max_prompts}: use 0 (all) or a positive count")
         if self.device and self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -87,10 +89,6 @@ def parse_budgets(text: str) -> tuple[float, ...]:
     if not items:
         raise AuditInputError(f"invalid --budgets {text!r}: give a comma list such as 0.05,0.1,0.2")
     return tuple(validate_budget(item) for item in items)
-
-
-def _chunks(items: list, size: int) -> list[list]:
-    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def run_sweep(
@@ -119,13 +117,12 @@ def run_sweep(
 
     # Load every model and check its layers and prompts before the first cell runs.
     plans = []
+    prompts = [str(record["prompt"]) for record in records]
     for spec in config.models:
         model = loaded.get(spec) or load_model(spec, device=config.device or None)
         loaded[spec] = model
         layers = parse_layers(config.layers, model.n_layers)
-        prompts = [str(record["prompt"]) for record in records]
-        batches = [build_batch(model, chunk) for chunk in _chunks(prompts, config.batch_size)]
-        plans.append((spec, model, layers, batches))
+        plans.append((spec, model, layers, build_batch(model, prompts)))
 
     settings = {**asdict(config), "models": list(config.models), "budgets": list(config.budgets)}
     store = RunStore(out_dir, settings, overwrite=overwrite, resume=resume)
@@ -147,20 +144,29 @@ def run_sweep(
     if progress is not None:
         progress(0, total, "clean generations")
     started = time.monotonic()
-    for model_index, (spec, model, layers, batches) in enumerate(plans):
+    for model_index, (spec, model, layers, batch) in enumerate(plans):
         name = model.short_name()
         logger.info("sweeping %s: %d layers x %d budgets x %d prompts", spec, len(layers), len(config.budgets), len(records))
-        cleans = None
-        for layer in layers:
-            for budget in config.budgets:
-                key = part_key(model_index, name, layer_label(layer), budget)
-                if not store.has("cells", key):
-                    if cleans is None:
-                        cleans = [clean_reference(model, b, config.attack, scorer, config.max_new_tokens) for b in batches]
-                    store.put("cells", key, _cell_rows(model, name, model_index, batches, cleans, layer, budget, records, config, scorer))
+        cells = [(layer, budget) for layer in layers for budget in config.budgets]
+        pending = [cell for cell in cells if not store.has("cells", _cell_key(model_index, name, cell))]
+        done += len(cells) - len(pending)
+        if not pending:
+            continue
+        chunk_rows = config.batch_size or auto_chunk_rows(model, batch.input_ids.shape[1], 8)
+        clean = _clean_in_chunks(model, batch, config, scorer, chunk_rows)
+        # A group of cells fills about one chunk of rows, and is written before the next
+        # starts, so progress moves and a crash loses at most one group.
+        group_size = max(1, chunk_rows // max(len(batch), 1))
+        for start in range(0, len(pending), group_size):
+            group = pending[start : start + group_size]
+            rows = attack_cells(model, batch, group, clean, config.attack, scorer, config.max_new_tokens, max_rows=chunk_rows)
+            per_cell = len(ATTACKS) * len(batch)
+            for index, cell in enumerate(group):
+                cell_rows = rows[index * per_cell : (index + 1) * per_cell]
+                store.put("cells", _cell_key(model_index, name, cell), _cell_frame(cell_rows, name, model_index, records))
                 done += 1
                 if progress is not None:
-                    progress(done, total, f"{name} layer {layer_label(layer)} budget {budget:g}")
+                    progress(done, total, f"{name} layer {layer_label(cell[0])} budget {cell[1]:g}")
 
     cells = _ordered(store.table("cells"))
     summary = summarize(cells, seed=config.attack.seed)
@@ -170,27 +176,40 @@ def run_sweep(
     )
 
 
-def _cell_rows(model, name, model_index, batches, cleans, layer, budget, records, config, scorer) -> pd.DataFrame:
-    rows: list[dict] = []
-    offset = 0
-    for batch, clean in zip(batches, cleans):
-        batch_rows = attack_batch(model, batch, layer, budget, clean, config.attack, scorer, config.max_new_tokens)
-        for row in batch_rows:
-            index = offset + row.pop("batch_index")
-            record = records[index]
-            row.update(
-                model=name,
-                prompt_id=str(record.get("id", index)),
-                category=str(record.get("category", "")),
-                order=(model_index, layer_sort_key(layer_label(layer)), ATTACKS.index(row["attack"]), index),
-            )
-        rows.extend(batch_rows)
-        offset += len(batch)
-    frame = pd.DataFrame(rows)
-    frame[["model_order", "layer_order", "attack_order", "prompt_order"]] = pd.DataFrame(
-        frame.pop("order").tolist(), index=frame.index
+def _cell_key(model_index: int, name: str, cell: tuple) -> str:
+    layer, budget = cell
+    return part_key(model_index, name, layer_label(layer), budget)
+
+
+def _clean_in_chunks(model: AuditModel, batch, config: SweepConfig, scorer, chunk_rows: int) -> CleanReference:
+    """Return the clean reference of every prompt of ``batch``, computed ``chunk_rows`` prompts at a time."""
+    parts = []
+    for start in range(0, len(batch), chunk_rows):
+        sub = take_rows(batch, list(range(start, min(start + chunk_rows, len(batch)))))
+        parts.append(clean_reference(model, sub, config.attack, scorer, config.max_new_tokens))
+    return CleanReference(
+        texts=[text for part in parts for text in part.texts],
+        **{
+            field: np.concatenate([getattr(part, field) for part in parts])
+            for field in ("harmlessness", "compliant", "valid", "margin", "target_nll")
+        },
     )
-    return frame
+
+
+def _cell_frame(rows: list[dict], name: str, model_index: int, records: list[dict]) -> pd.DataFrame:
+    for row in rows:
+        index = row.pop("batch_index")
+        record = records[index]
+        row.update(
+            model=name,
+            prompt_id=str(record.get("id", index)),
+            category=str(record.get("category", "")),
+            model_order=model_index,
+            layer_order=layer_sort_key(row["layer"]),
+            attack_order=ATTACKS.index(row["attack"]),
+            prompt_order=index,
+        )
+    return pd.DataFrame(rows)
 
 
 def _ordered(cells: pd.DataFrame) -> pd.DataFrame:
