@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from lvs_core.errors import AuditInputError
-from lvs_core.hooks import add_prompt_delta, capture_residual, layer_delta_hooks, residual_hooks
+from lvs_core.hooks import add_prompt_delta, capture_residual, layer_delta_hooks, residual_hooks, start_at_layer
 from lvs_core.models import AuditModel, Layer, layer_label
 from lvs_core.prompts import PromptBatch, positions_from_mask, text_token_ids
 
@@ -222,11 +222,15 @@ def pgd_attack(
     eps: torch.Tensor,
     config: AttackConfig = AttackConfig(),
     row_layers: list[Layer] | None = None,
+    skip_clean_blocks: bool = False,
 ) -> AttackResult:
     """Find a delta at ``layer`` inside the ``config.norm`` ball that lowers the target NLL, by PGD.
 
     ``row_layers`` gives each row its own layer instead (``layer`` is then ignored), so
-    one pass attacks several layers; each row's delta acts at its layer only.
+    one pass attacks several layers; each row's delta acts at its layer only. With
+    ``skip_clean_blocks`` the blocks below the lowest attacked layer run once, on the
+    clean input, and every PGD step starts from their cached output
+    (:func:`lvs_core.hooks.start_at_layer`).
 
     Raises:
         RuntimeError: no gradient reaches the delta at this layer, which would otherwise
@@ -239,10 +243,13 @@ def pgd_attack(
         (len(batch), batch.input_ids.shape[1], model.d_model), device=batch.input_ids.device
     )
     history = []
+    row_layers = row_layers or [layer] * len(batch)
+    start = _start_layer(row_layers) if skip_clean_blocks else "embedding"
+    residual = _clean_continuation_residual(model, batch, config.target, start) if start != "embedding" else None
     for step in range(config.steps + 1):
         delta.requires_grad_(True)
-        with torch.enable_grad():
-            hooks = layer_delta_hooks(delta, row_layers or [layer] * len(batch))
+        with torch.enable_grad(), start_at_layer(model, start, residual) as start_hooks:
+            hooks = start_hooks + layer_delta_hooks(delta, row_layers)
             nll = -continuation_logprob(model, batch, config.target, reduction="mean", prompt_hooks=hooks)
             if step == config.steps:
                 history.append(nll.detach())
@@ -281,6 +288,22 @@ def pgd_attack(
                 delta_norm = delta.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1)
                 delta = delta * torch.clamp(radius / delta_norm, max=1.0) * mask
     return AttackResult(delta=delta.detach(), eps=eps.detach(), nll_history=torch.stack(history))
+
+
+def _start_layer(row_layers: list[Layer]) -> Layer:
+    """Return the lowest attacked layer, where a forward may resume from the clean residual."""
+    if "embedding" in row_layers:
+        return "embedding"
+    return min(int(layer) for layer in row_layers)
+
+
+def _clean_continuation_residual(model: AuditModel, batch: PromptBatch, continuation: str, layer: Layer) -> torch.Tensor:
+    """Return the clean residual at ``layer`` over the prompt and the scored continuation positions."""
+    input_ids, attention_mask, _ = _continuation_inputs(model, batch, continuation)
+    store: dict = {}
+    with torch.no_grad(), residual_hooks(model, [(layer, capture_residual(store, "h"))]):
+        model.bridge(input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask), return_type=None)
+    return store["h"].detach()
 
 
 def _layers_text(layer: Layer | None, row_layers: list[Layer] | None) -> str:

@@ -6,6 +6,8 @@ rows in chunks. Within a chunk each row has its own radius, its own delta and it
 layer, so one forward pass serves prompts, budgets and layers together:
 
 - the clean residual is read once per prompt batch, at every layer in a single forward;
+- the blocks below the attacked layer run once on the clean input, and every PGD step
+  resumes from their output (:func:`lvs_core.hooks.start_at_layer`);
 - PGD runs on all rows of a chunk at once. Each layer's hook adds the deltas of the rows
   attacking that layer (the others add zero), so a prompt's delta only ever moves its
   own prompt positions at its own layer;
@@ -240,7 +242,7 @@ def _attack_rows(model, batch, cells, rows, scales, clean, config, scorer, max_n
 
     deltas: dict[str, torch.Tensor] = {}
     if "pgd" in attacks:
-        deltas["pgd"] = pgd_attack(model, sub, None, eps, config, row_layers=row_layers).delta
+        deltas["pgd"] = pgd_attack(model, sub, None, eps, config, row_layers=row_layers, skip_clean_blocks=True).delta
     if "random" in attacks:
         unique = sorted(set(prompt_index))
         unit_batch = take_rows(sub, [prompt_index.index(prompt) for prompt in unique])

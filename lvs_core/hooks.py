@@ -94,3 +94,42 @@ def layer_delta_hooks(delta: torch.Tensor, row_layers: Sequence[Layer]) -> list[
         mask = torch.tensor([row == layer for row in row_layers], dtype=delta.dtype, device=delta.device)
         hooks.append((layer, add_prompt_delta(delta * mask.view(-1, 1, 1))))
     return hooks
+
+
+def _identity(hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    return hidden_states
+
+
+@contextmanager
+def start_at_layer(model: AuditModel, layer: Layer, residual: torch.Tensor) -> Iterator[list[tuple[Layer, HookFn]]]:
+    """Skip blocks ``0..layer`` and resume the forward from the clean ``residual`` after block ``layer``.
+
+    Inside the block, the HuggingFace layers up to ``layer`` run as identities, and the
+    returned hook, which must come first in the hook list, replaces the output of block
+    ``layer`` with ``residual`` (``[batch, pos, d_model]``, the clean activation of the
+    whole input). Hooks after it (a delta) then act as usual, and gradients never
+    needed the skipped blocks. For the embedding layer nothing is skipped. The identity
+    returns the hidden states as a bare tensor, as the decoder layers of transformers 5
+    do (Llama, Qwen2, Gemma2 and GPT-2 among them).
+    """
+    if layer == "embedding":
+        yield []
+        return
+    patched = []
+    try:
+        for index in range(int(layer) + 1):
+            module = model.bridge.blocks[index].original_component
+            module.forward = _identity
+            patched.append(module)
+
+        def replace(activation: torch.Tensor, hook: object) -> torch.Tensor:
+            if activation.shape != residual.shape:
+                raise RuntimeError(
+                    f"start_at_layer residual has shape {tuple(residual.shape)}, the activation {tuple(activation.shape)}"
+                )
+            return residual.to(activation.dtype)
+
+        yield [(layer, replace)]
+    finally:
+        for module in patched:
+            del module.forward

@@ -14,7 +14,9 @@ import torch
 
 from conftest_dashboard import REPO_ROOT
 from lvs_core.attack import AttackConfig
+from lvs_core.attack import _clean_continuation_residual, continuation_logprob
 from lvs_core.engine import attack_cells, auto_chunk_rows, clean_reference, is_out_of_memory, take_rows
+from lvs_core.hooks import add_prompt_delta, start_at_layer
 from lvs_core.prompts import build_batch
 from lvs_core.scoring import MarginScorer
 
@@ -100,3 +102,34 @@ def test_out_of_memory_is_recognised():
     assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
     assert is_out_of_memory(RuntimeError("[enforce fail] DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB; out of memory"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+@pytest.mark.parametrize("arch_model", ["llama", "gemma2", "gpt2"], indirect=True)
+def test_start_at_layer_skips_lower_blocks(arch_model):
+    # Resuming after block 1 from the clean residual gives the logits of a full forward
+    # under the same delta, and the MLPs of blocks 0 and 1 never run.
+    model = arch_model
+    batch = build_batch(model, list(PROMPTS))
+    delta = torch.randn((len(batch), batch.input_ids.shape[1], model.d_model)) * 0.1
+    full = continuation_logprob(model, batch, "Sure here", 1, delta, reduction="none")
+    calls = []
+    handles = [
+        model.bridge.blocks[index].original_component.mlp.register_forward_hook(lambda *args, index=index: calls.append(index))
+        for index in range(model.n_layers)
+    ]
+    try:
+        residual = _clean_continuation_residual(model, batch, "Sure here", 1)
+        calls.clear()
+        with start_at_layer(model, 1, residual) as hooks:
+            resumed = continuation_logprob(model, batch, "Sure here", reduction="none", prompt_hooks=hooks + [(1, add_prompt_delta(delta))])
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.testing.assert_close(resumed, full, atol=1e-4, rtol=1e-4)
+    assert sorted(set(calls)) == list(range(2, model.n_layers))
+    # The patch is undone: a plain forward runs every block again.
+    calls.clear()
+    handles = [model.bridge.blocks[0].original_component.mlp.register_forward_hook(lambda *args: calls.append(0))]
+    continuation_logprob(model, batch, "Sure here")
+    handles[0].remove()
+    assert calls == [0]
