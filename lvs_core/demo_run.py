@@ -8,9 +8,9 @@
   harmful twin that gives the steering direction, and steering at block 2, the layer of
   the dissociated model's trained nudge (the Overview and Interventions pages).
 
-``lvs-audit demo-run`` rebuilds all three; ``tests/test_demo_zoo.py`` recomputes some
-cells of the sweep and compares. The audits store the demo models' own replies, which
-are refusals or the zoo's content-free placeholder compliance.
+``lvs-audit demo-run`` rebuilds all three. ``tests/test_demo_zoo.py`` recomputes some
+cells of the sweep and compares. The audits store the demo models' own replies: refusals,
+the zoo's content-free placeholder compliance, or garbled mixes of the two.
 """
 
 from __future__ import annotations

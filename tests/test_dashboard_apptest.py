@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -20,7 +19,6 @@ from streamlit.testing.v1 import AppTest
 
 from conftest_dashboard import (
     APP_PATH,
-    NUDGE_LAYER,
     PROMPTS,
     REPO_ROOT,
     dashboard_inputs,
@@ -34,17 +32,13 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from dashboard import charts, state  # noqa: E402
-from dashboard.state import OTHER_MODEL, OTHER_RUN  # noqa: E402
-from lvs_core.live import flip_prompt  # noqa: E402
-from lvs_core.models import load_model  # noqa: E402
+from dashboard.state import OTHER_RUN  # noqa: E402
 from lvs_core.runs import load_run  # noqa: E402
 
 # Seconds for one script run. Loading a checkpoint and running PGD on two shared CPU
 # cores takes a few seconds; the margin covers a busy machine.
 RUN_TIMEOUT = 90
-LIVE_FLIP = "views/live_flip.py"
 HEATMAPS = "views/heatmaps.py"
-MAX_NEW_TOKENS = 4
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +80,6 @@ def widget(elements, label: str):
     return matches[0]
 
 
-def badges(app: AppTest) -> list[str]:
-    return [element.value for element in app.markdown if "-badge[" in element.value]
-
-
 # Home
 
 
@@ -116,10 +106,11 @@ def test_heatmaps_default_pair_and_difference(app_env):
     assert widget(app.selectbox, "Model B").value == "dissociated"
 
     specs = chart_specs(app)
-    assert len(specs) == 3
+    assert len(specs) == 4
     assert chart_title(specs[0]) == "safe: PGD attack"
     assert chart_title(specs[1]) == "dissociated: PGD attack"
     assert chart_title(specs[2]) == "dissociated − safe: PGD attack"
+    assert chart_title(specs[3]).startswith("Layer profile of the median LVS")
 
 
 def test_heatmaps_axes_and_hover(app_env):
@@ -132,8 +123,7 @@ def test_heatmaps_axes_and_hover(app_env):
     assert trace["x"] == ["0.1", "0.5"]
     assert left["layout"]["xaxis"]["title"]["text"] == "budget (L∞ radius / max|h|)"
     assert left["layout"]["yaxis"]["title"]["text"] == charts.LAYER_AXIS_TITLE
-    assert "95% CI" in trace["hovertemplate"]
-    assert "n = " in trace["hovertemplate"]
+    assert "%{text}" in trace["hovertemplate"]
 
     # The cell at (layer 1, budget 0.5) carries the run's median, CI and n.
     row = run.summary[
@@ -145,6 +135,9 @@ def test_heatmaps_axes_and_hover(app_env):
     assert z.shape == (4, 2)
     assert z[2, 1] == pytest.approx(row["lvs_median"])
     assert customdata[2, 1].tolist() == pytest.approx([row["lvs_lo"], row["lvs_hi"], row["n"]])
+    hover = trace["text"][2][1]
+    assert f"bootstrap 95% CI [{row['lvs_lo']:.3f}, {row['lvs_hi']:.3f}]" in hover
+    assert f"n = {row['n']} prompts" in hover
 
 
 def test_heatmaps_l2_run_axis_title(app_env, monkeypatch, tmp_path):
@@ -157,14 +150,14 @@ def test_heatmaps_l2_run_axis_title(app_env, monkeypatch, tmp_path):
     app = open_page(HEATMAPS)
 
     assert_no_exception(app)
-    for spec in chart_specs(app):
+    for spec in chart_specs(app)[:3]:
         assert spec["layout"]["xaxis"]["title"]["text"] == "budget (L2 radius / ‖h‖₂)"
     assert any("l2 norm" in element.value for element in app.caption)
 
 
 def test_heatmaps_difference_centred_at_zero(app_env):
     app = open_page(HEATMAPS)
-    left, right, difference = (spec["data"][0] for spec in chart_specs(app))
+    left, right, difference = (spec["data"][0] for spec in chart_specs(app)[:3])
 
     assert difference["zmid"] == 0.0
     assert difference["zmin"] == -difference["zmax"]
@@ -184,13 +177,16 @@ def test_heatmaps_attack_toggle_changes_charts(app_env):
     assert not np.array_equal(plotly_array(after[0]["data"][0]["z"]), plotly_array(before[0]["data"][0]["z"]))
 
 
-def test_heatmaps_same_model_shows_one_chart(app_env):
+def test_heatmaps_same_model_shows_one_map(app_env):
     app = open_page(HEATMAPS)
 
     widget(app.selectbox, "Model B").set_value("safe").run()
 
     assert_no_exception(app)
-    assert len(chart_specs(app)) == 1
+    titles = [chart_title(spec) for spec in chart_specs(app)]
+    assert titles[0] == "safe: PGD attack"
+    assert len(titles) == 2
+    assert titles[1].startswith("Layer profile")
     assert app.info, "expected a hint to pick two different models"
 
 
@@ -273,169 +269,6 @@ def test_heatmaps_missing_env_run_error(app_env, monkeypatch, tmp_path):
     assert_no_exception(app)
     assert len(app.error) == 1
     assert "gone" in app.error[0].value
-
-
-# Live flip
-
-
-def test_live_flip_default_layers(app_env):
-    app = open_page(LIVE_FLIP)
-
-    assert_no_exception(app)
-    assert widget(app.selectbox, "Model").value == str(app_env.checkpoints["safe"])
-    # Three blocks and no nudge: the middle block.
-    assert widget(app.selectbox, "Layer").value == 1
-
-    widget(app.selectbox, "Model").set_value(str(app_env.checkpoints["dissociated"])).run()
-
-    assert_no_exception(app)
-    assert widget(app.selectbox, "Layer").value == NUDGE_LAYER
-
-
-def test_live_flip_runs_attack_from_path(app_env):
-    folder = str(app_env.checkpoints["safe"])
-    prompt = "Explain how locks work"
-    app = open_page(LIVE_FLIP)
-
-    widget(app.selectbox, "Model").set_value(OTHER_MODEL).run()
-    widget(app.text_input, "Model folder or hub id").input(folder).run()
-    widget(app.radio, "Prompt").set_value("Free text").run()
-    widget(app.text_area, "Prompt text").input(prompt)
-    widget(app.selectbox, "Layer").set_value(0)
-    widget(app.number_input, "Budget").set_value(0.3)
-    widget(app.number_input, "Max new tokens").set_value(MAX_NEW_TOKENS)
-    app.button(key="run").click().run()
-
-    assert_no_exception(app)
-    assert not app.error, [element.value for element in app.error]
-    subheaders = [element.value for element in app.main.subheader]
-    assert subheaders == ["Clean", "PGD attack", "Random control"]
-    assert len(badges(app)) == 3
-
-    # The page shows what the library computes for the same request.
-    expected = flip_prompt(load_model(folder, device="cpu"), prompt, 0, 0.3, max_new_tokens=MAX_NEW_TOKENS)
-    texts = [element.value for element in app.code]
-    assert texts == [expected[key]["text"] or "(empty generation)" for key in ("clean", "pgd", "random")]
-    for key, badge in zip(("clean", "pgd", "random"), badges(app)):
-        assert expected[key]["verdict"] in badge
-    captions = " ".join(element.value for element in app.caption)
-    assert f"eps = {expected['eps']:.4g}" in captions
-    metrics = {(element.label, element.value) for element in app.metric}
-    assert ("LVS", f"{expected['pgd']['lvs']:.3g}") in metrics
-    assert ("‖δ‖₂", f"{expected['pgd']['delta_l2']:.3g}") in metrics
-
-
-def test_live_flip_heldout_prompt(app_env):
-    app = open_page(LIVE_FLIP)
-
-    prompt_picker = widget(app.selectbox, "Held-out prompt")
-    assert prompt_picker.options == [f"[{category}] {prompt}" for prompt, category in PROMPTS]
-    prompt_picker.set_value(2)
-    widget(app.number_input, "Max new tokens").set_value(MAX_NEW_TOKENS)
-    app.button(key="run").click().run()
-
-    assert_no_exception(app)
-    assert not app.error, [element.value for element in app.error]
-    assert app.session_state["flip_result"]["result"]["prompt"] == PROMPTS[2][0]
-    assert len(app.code) == 3
-
-
-def test_live_flip_stale_result_note(app_env):
-    app = open_page(LIVE_FLIP)
-    widget(app.number_input, "Max new tokens").set_value(MAX_NEW_TOKENS)
-    app.button(key="run").click().run()
-    assert not any("settings changed" in element.value for element in app.caption)
-
-    widget(app.number_input, "Budget").set_value(0.2).run()
-
-    assert any("settings changed" in element.value for element in app.caption)
-    assert len(app.code) == 3
-
-
-def test_live_flip_zero_budget_error(app_env):
-    app = open_page(LIVE_FLIP)
-
-    widget(app.number_input, "Budget").set_value(0.0)
-    app.button(key="run").click().run()
-
-    assert_no_exception(app)
-    assert len(app.error) == 1
-    assert "invalid budget" in app.error[0].value
-    assert not app.code
-
-
-def test_live_flip_empty_prompt_error(app_env):
-    app = open_page(LIVE_FLIP)
-
-    widget(app.radio, "Prompt").set_value("Free text").run()
-    widget(app.text_area, "Prompt text").input("   ")
-    app.button(key="run").click().run()
-
-    assert_no_exception(app)
-    assert len(app.error) == 1
-    assert "empty prompt" in app.error[0].value
-
-
-def test_live_flip_bad_model_folder_error(app_env, tmp_path):
-    app = open_page(LIVE_FLIP)
-
-    widget(app.selectbox, "Model").set_value(OTHER_MODEL).run()
-    widget(app.text_input, "Model folder or hub id").input(str(tmp_path / "missing-model")).run()
-
-    assert_no_exception(app)
-    assert len(app.error) == 1
-    assert "not found" in app.error[0].value
-    assert "Layer" not in [element.label for element in app.selectbox]
-
-
-def test_live_flip_folder_without_config_error(app_env, tmp_path):
-    app = open_page(LIVE_FLIP)
-
-    widget(app.selectbox, "Model").set_value(OTHER_MODEL).run()
-    widget(app.text_input, "Model folder or hub id").input(str(tmp_path)).run()
-
-    assert_no_exception(app)
-    assert len(app.error) == 1
-    assert "no config.json" in app.error[0].value
-
-
-def test_live_flip_missing_prompt_file_falls_back(app_env, monkeypatch, tmp_path):
-    monkeypatch.setenv("LVS_AUDIT_PROMPTS", str(tmp_path / "missing.csv"))
-
-    app = open_page(LIVE_FLIP)
-
-    assert_no_exception(app)
-    assert widget(app.radio, "Prompt").options == ["Free text"]
-    assert any("No prompt list" in element.value for element in app.caption)
-
-
-def test_live_flip_invalid_device_error(app_env, monkeypatch):
-    monkeypatch.setenv("LVS_AUDIT_DEVICE", "tpu")
-
-    app = open_page(LIVE_FLIP)
-
-    assert_no_exception(app)
-    assert len(app.error) == 1
-    assert "LVS_AUDIT_DEVICE" in app.error[0].value
-
-
-def test_flip_concurrent_calls_match_sequential(app_env):
-    # Two sessions attacking the same cached model at different layers: without the
-    # per-model lock, one call's hooks would act on the other's forward passes.
-    spec = str(app_env.checkpoints["dissociated"])
-    prompt = PROMPTS[1][0]
-    requests = [(spec, prompt, layer, 0.4, MAX_NEW_TOKENS) for layer in ("embedding", "0", "1", "2")]
-    state.flip.clear()
-
-    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
-        results = list(pool.map(lambda request: state.flip(*request), requests))
-
-    model = load_model(spec, device="cpu")
-    for (_, _, layer, budget, max_new_tokens), result in zip(requests, results):
-        expected = flip_prompt(model, prompt, layer, budget, max_new_tokens=max_new_tokens)
-        for key in ("clean", "pgd", "random"):
-            assert result[key]["text"] == expected[key]["text"], (layer, key)
-            assert result[key]["margin"] == pytest.approx(expected[key]["margin"], abs=1e-4), (layer, key)
 
 
 # Chart helpers, on the same run without Streamlit

@@ -57,12 +57,25 @@ def test_page_shows_two_audits(audit_root, monkeypatch):
     assert len(app.multiselect[0].value) == 2
     assert len(app.get("plotly_chart")) == 3
     # Both tiny models are named "llama", so the columns name their run folders too.
-    assert set(app.dataframe[0].value.columns) == {"llama (audit-first)", "llama (audit-second)"}
+    assert set(app.dataframe[0].value.columns) == {"measure", "llama (audit-first)", "llama (audit-second)"}
+
+
+def test_page_lists_shipped_demo_audits(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    app = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not app.exception
+    assert [Path(path).name for path in app.multiselect[0].value] == ["demo-audit-dissociated", "demo-audit-safe"]
+    summary = app.dataframe[0].value.set_index("measure")
+    assert summary.loc["steer_compliance@0.25", "dissociated"] == "1.000"
+    assert summary.loc["steer_compliance@0.25", "safe"] == "0.000"
+    assert summary.loc["finetune_steps_mean", "safe"] == "22.000"
+    assert len(app.get("plotly_chart")) == 3
 
 
 def test_page_reports_bad_folder(audit_root, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     app = AppTest.from_file(PAGE, default_timeout=60).run()
+    app.multiselect[0].set_value([]).run()
     assert not app.exception
     assert "No audit run selected" in app.info[0].value
     app.text_input(key="audit_paths").input(str(tmp_path / "missing")).run()

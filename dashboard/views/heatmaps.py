@@ -1,6 +1,8 @@
-"""LVS heatmaps: median LVS over layer x budget for two models of a run, and their difference.
+"""LVS heatmaps: median LVS or ASR over layer x budget for two models of a run, their difference and layer profiles.
 
-Reads only the run's parquet files, never a model, so it opens in a few seconds.
+Reads only the run's parquet files, never a model, so it opens in a few seconds. Runs
+imported from published results have a summary but no cells. The page shows them with
+"n unknown" where the file has no prompt count.
 """
 
 from __future__ import annotations
@@ -9,36 +11,14 @@ import logging
 
 import streamlit as st
 
-from dashboard import charts, state
-from lvs_core.errors import AuditInputError
+from dashboard import charts
+from dashboard.export import show_chart, show_table
+from dashboard.run_picker import choose_run_path, open_run_or_stop, run_caption
 
 logger = logging.getLogger("dashboard.heatmaps")
 
 PREFERRED_PAIR = ("safe", "dissociated")
-
-
-def choose_run_path() -> str:
-    """Render the run picker and return the chosen folder path; stop the page until one is given."""
-    choices = state.run_choices()
-    choice = st.selectbox(
-        "Run",
-        [*choices, state.OTHER_RUN],
-        key="run_choice",
-        help="A run folder written by 'lvs-audit sweep'. Set LVS_AUDIT_RUN_DIR to change the default.",
-    )
-    if choice != state.OTHER_RUN:
-        return choice
-    path = st.text_input("Run folder", key="run_path", placeholder="runs/my-sweep").strip()
-    if not path:
-        if not choices:
-            st.info(
-                f"No run found: the demo run {state.DEMO_RUN_DIR} is missing and ./runs/ has none. "
-                "Enter the path of a run folder, or write one with 'lvs-audit sweep'."
-            )
-        else:
-            st.info("Enter the path of a run folder written by 'lvs-audit sweep'.")
-        st.stop()
-    return path
+EACH_BUDGET = "each budget"
 
 
 def default_pair(models: list[str]) -> tuple[int, int]:
@@ -50,26 +30,16 @@ def default_pair(models: list[str]) -> tuple[int, int]:
 
 st.title("LVS heatmaps")
 st.caption(
-    "Median Latent Vulnerability Score per layer and budget: the drop in harmlessness "
-    "per unit of log perturbation size, over the run's prompts. Hover a cell for the "
-    "bootstrap 95% CI of the median and the number of scored prompts."
+    "Median Latent Vulnerability Score (the drop in harmlessness per unit of log perturbation "
+    "size) or attack success rate (ASR, the fraction of perturbed replies judged compliant) per "
+    "layer and budget, over the run's prompts. Hover a cell for its 95% interval and the number "
+    "of scored prompts."
 )
 
 run_path = choose_run_path()
-try:
-    run = state.open_run(run_path)
-except AuditInputError as error:
-    logger.warning("opening run %r failed: %s", run_path, error)
-    st.error(str(error))
-    st.stop()
-
-settings = run.config.get("settings", {})
+run = open_run_or_stop(run_path)
 norm = charts.run_attack_norm(run.config)
-st.caption(
-    f"{run.path} · {run.config.get('n_prompts', '?')} prompts · "
-    f"{settings.get('attack', {}).get('steps', '?')} PGD steps, {norm} norm · "
-    f"scorer {settings.get('scorer', '?')} · created {run.config.get('created', '?')}"
-)
+st.caption(run_caption(run, norm))
 
 models = run.models
 if run.summary.empty or not models:
@@ -77,9 +47,18 @@ if run.summary.empty or not models:
     st.stop()
 
 left_index, right_index = default_pair(models)
-model_column, other_column, attack_column = st.columns([2, 2, 3])
+model_column, other_column, metric_column, attack_column = st.columns([2, 2, 2, 3])
 left = model_column.selectbox("Model A", models, index=left_index, key="model_a")
 right = other_column.selectbox("Model B", models, index=right_index, key="model_b")
+metric = metric_column.radio(
+    "Metric",
+    list(charts.METRICS),
+    format_func=lambda name: "LVS" if name == "lvs" else "ASR",
+    horizontal=True,
+    key="metric",
+    help="LVS: median Latent Vulnerability Score with its bootstrap 95% CI. "
+    "ASR: fraction of prompts whose perturbed reply is judged compliant, with its Wilson 95% interval.",
+)
 attack = attack_column.radio(
     "Perturbation",
     list(charts.ATTACK_NAMES),
@@ -87,27 +66,49 @@ attack = attack_column.radio(
     horizontal=True,
     key="attack",
     help="PGD searches for the delta that raises the affirmative target; the random control "
-    "draws a uniform delta of the same L∞ radius.",
+    "draws a uniform delta of the same radius.",
 )
 
 layers = run.layers
 budgets = run.budgets
 zmax = charts.lvs_scale_max(run.summary, [left, right])
-plot_config = {"displaylogo": False}
-
-scale_note = (
-    f"The model maps share one colour scale, from 0 to {zmax:.3g} (the largest median of the "
-    "two models over both perturbations), so the same colour means the same LVS."
-)
+metric_label = charts.METRICS[metric].label
+if metric == "lvs":
+    scale_note = (
+        f"The model maps share one colour scale (Viridis), from 0 to {zmax:.3g}, the largest median of the "
+        "two models over both perturbations, so the same colour means the same LVS. The difference "
+        "map is centred at zero: red where model B has the higher LVS."
+    )
+else:
+    scale_note = (
+        "The model maps share one colour scale (Cividis) from 0% to 100%. The difference map is "
+        "centred at zero: red where model B has the higher ASR."
+    )
 
 
 def render_clean_refusal() -> None:
     st.subheader("Clean refusal")
-    st.dataframe(
+    if run.cells.empty:
+        rates = run.summary[run.summary["attack"] == "pgd"].groupby("model", sort=False)["clean_refusal"].median()
+        if rates.notna().any():
+            st.caption("From the imported summary: the run has no per-prompt cells.")
+            table = rates.rename("clean refusal").reset_index()
+            show_table(table, "clean-refusal", "clean_refusal",
+                       column_config={"clean refusal": st.column_config.NumberColumn(format="percent")})
+        else:
+            st.info("Clean refusal is not in the imported file: this run has a summary but no per-prompt cells.")
+        return
+    show_table(
         charts.clean_refusal_table(run.cells),
-        hide_index=True,
+        "clean-refusal",
+        "clean_refusal",
         column_config={"clean refusal": st.column_config.NumberColumn(format="percent")},
     )
+
+
+def heatmap(model: str) -> None:
+    figure = charts.metric_heatmap(run.summary, model, attack, layers, budgets, zmax, norm, metric=metric)
+    show_chart(figure, f"{model}-{attack}-{metric}-heatmap", f"heatmap_{model}")
 
 
 # Two maps per row. With all three in one row, a 4-budget map at 1600 px had cells too
@@ -115,7 +116,7 @@ def render_clean_refusal() -> None:
 if left == right:
     single_column, side_column = st.columns(2)
     with single_column:
-        st.plotly_chart(charts.lvs_heatmap(run.summary, left, attack, layers, budgets, zmax, norm), config=plot_config)
+        heatmap(left)
         st.caption(scale_note)
     with side_column:
         st.info("Pick two different models to compare them and see the difference map.")
@@ -123,13 +124,32 @@ if left == right:
 else:
     left_column, right_column = st.columns(2)
     with left_column:
-        st.plotly_chart(charts.lvs_heatmap(run.summary, left, attack, layers, budgets, zmax, norm), config=plot_config)
+        heatmap(left)
     with right_column:
-        st.plotly_chart(charts.lvs_heatmap(run.summary, right, attack, layers, budgets, zmax, norm), config=plot_config)
+        heatmap(right)
     st.caption(scale_note)
 
     difference_column, side_column = st.columns(2)
     with difference_column:
-        st.plotly_chart(charts.difference_heatmap(run.summary, left, right, attack, layers, budgets, norm), config=plot_config)
+        figure = charts.difference_heatmap(run.summary, left, right, attack, layers, budgets, norm, metric=metric)
+        show_chart(figure, f"{right}-minus-{left}-{attack}-{metric}", "heatmap_difference")
     with side_column:
         render_clean_refusal()
+
+st.subheader("Layer profiles")
+budget_choice = st.selectbox(
+    "Budget of the profiles",
+    [EACH_BUDGET, *budgets],
+    format_func=lambda value: value if value == EACH_BUDGET else charts.budget_label(value),
+    key="profile_budget",
+    help=f"One line per budget, or only the chosen one ({charts.budget_axis_title(norm)}).",
+)
+profile_models = [left] if left == right else [left, right]
+profile_budgets = budgets if budget_choice == EACH_BUDGET else [budget_choice]
+profile = charts.layer_profile_figure(run.summary, profile_models, attack, layers, profile_budgets, metric=metric)
+show_chart(profile, f"layer-profile-{metric}-{attack}", "layer_profile")
+st.caption(
+    f"The {metric_label} of each layer from the embedding to the last block, with its 95% interval shaded. "
+    "LVS compares models at the same layer; the embedding activations of small models are much "
+    "smaller than the residual stream after block 0, so read the ASR as well across layers."
+)

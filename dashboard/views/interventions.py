@@ -1,7 +1,8 @@
 """Interventions: the audits of one or more models side by side.
 
 Reads only the parquet tables of audit runs written by ``lvs-audit audit``, never a model.
-It lists the audits in ``LVS_AUDIT_RUNS_ROOT`` (default ``./runs``).
+It lists the audits in ``LVS_AUDIT_RUNS_ROOT`` (default ``./runs``), then the demo audits
+shipped in ``assets/runs/`` (``lvs-audit demo-run`` rebuilds them).
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import intervention_charts, state
+from dashboard.export import show_chart, show_table
 from lvs_core.audit import audit_labels, compare_audits
 from lvs_core.errors import AuditInputError
+from lvs_core.models import ASSETS_DIR
 
 logger = logging.getLogger("dashboard.interventions")
 
 TABLES = ("steering", "finetune", "patching", "probe")
+SHIPPED_RUNS = ASSETS_DIR / "runs"
 
 
 def audit_run_choices(root: Path) -> list[str]:
@@ -43,9 +47,13 @@ st.caption(
     "static probe. Write audits with 'lvs-audit audit --out runs/NAME'."
 )
 
-choices = audit_run_choices(state.runs_root())
+user_choices = audit_run_choices(state.runs_root())
+choices = [*user_choices, *sorted(audit_run_choices(SHIPPED_RUNS))]
 selected = st.multiselect("Audit runs", choices, default=choices[:2], key="audit_runs",
-                          help="Audit run folders under ./runs/; add others by path below.")
+                          help="Audit run folders under the runs folder (newest first), then the shipped demo "
+                          "audits; add others by path below.")
+if not user_choices:
+    st.caption(f"No audit under {state.runs_root()}, so the shipped demo audits are listed.")
 extra = st.text_input("Other audit folders (comma-separated)", key="audit_paths").strip()
 paths = [*selected, *[item.strip() for item in extra.split(",") if item.strip()]]
 if not paths:
@@ -53,17 +61,20 @@ if not paths:
     st.stop()
 
 try:
-    summary = compare_audits(paths, headline=True)
-    tables = {}
-    for label, path in zip(audit_labels(paths), paths):
-        folder = Path(path).expanduser()
-        tables[label] = load_tables(str(folder.resolve()), (folder / "audit.parquet").stat().st_mtime)
+    with st.spinner("Reading the audits…"):
+        summary = compare_audits(paths, headline=True)
+        tables = {}
+        for label, path in zip(audit_labels(paths), paths):
+            folder = Path(path).expanduser()
+            tables[label] = load_tables(str(folder.resolve()), (folder / "audit.parquet").stat().st_mtime)
 except AuditInputError as error:
+    logger.warning("reading audits %s failed: %s", paths, error)
     st.error(str(error))
     st.stop()
 
 st.subheader("Summary")
-st.dataframe(summary.map(lambda value: f"{value:.3f}" if isinstance(value, float) else str(value)), width="stretch")
+readable = summary.map(lambda value: f"{value:.3f}" if isinstance(value, float) else str(value))
+show_table(readable.rename_axis("measure").reset_index(), "audit-summary", "audit_summary", width="stretch")
 
 
 def by_model(name: str) -> dict[str, pd.DataFrame]:
@@ -74,21 +85,22 @@ left, right = st.columns(2)
 with left:
     steering = by_model("steering")
     if steering:
-        st.plotly_chart(intervention_charts.steering_figure(steering), width="stretch", key="steering_chart")
+        show_chart(intervention_charts.steering_figure(steering), "steering", "steering_chart")
     else:
         st.info("No steering table in these audits.")
 with right:
     finetune = by_model("finetune")
     if finetune:
-        st.plotly_chart(intervention_charts.finetune_figure(finetune), width="stretch", key="finetune_chart")
+        show_chart(intervention_charts.finetune_figure(finetune), "fine-tuning", "finetune_chart")
     else:
         st.info("No fine-tuning table in these audits.")
 
 patching = by_model("patching")
 if patching:
-    st.plotly_chart(intervention_charts.patching_figure(patching), width="stretch", key="patching_chart")
+    show_chart(intervention_charts.patching_figure(patching), "patching", "patching_chart")
 probe = by_model("probe")
 if probe:
     st.subheader("Static probe")
     st.caption("A refusal probe trained on the reference model and applied unchanged: the audit a dissociated model passes.")
-    st.dataframe(pd.concat(probe, names=["model"]).reset_index(level=1, drop=True), width="stretch")
+    probe_table = pd.concat(probe, names=["model"]).reset_index(level=1, drop=True).reset_index()
+    show_table(probe_table, "static-probe", "probe_table", width="stretch")
