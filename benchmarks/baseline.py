@@ -24,7 +24,7 @@ from lvs_core.scoring import RefusalScorer, Scorer
 
 def _logprob(model: AuditModel, batch: PromptBatch, text: str, layer=None, delta=None, mean: bool = False) -> torch.Tensor:
     """``log p(text | prompt)`` of the single row of ``batch``, from the logits at every position."""
-    target = torch.tensor([text_token_ids(model, text)])
+    target = torch.tensor([text_token_ids(model, text)], device=batch.input_ids.device)
     input_ids = torch.cat([batch.input_ids, target], dim=1)
     mask = torch.cat([batch.attention_mask, torch.ones_like(target)], dim=1)
     hooks = [] if delta is None else [(layer, add_prompt_delta(delta))]
@@ -36,7 +36,7 @@ def _logprob(model: AuditModel, batch: PromptBatch, text: str, layer=None, delta
 
 
 def _pgd(model: AuditModel, batch: PromptBatch, layer, eps: float, config: AttackConfig) -> tuple[torch.Tensor, float]:
-    delta = torch.zeros((1, batch.input_ids.shape[1], model.d_model))
+    delta = torch.zeros((1, batch.input_ids.shape[1], model.d_model), device=batch.input_ids.device)
     step = config.step_frac * eps
     for _ in range(config.steps):
         delta.requires_grad_(True)
@@ -87,7 +87,7 @@ def baseline_cell(
 
     pgd_delta, pgd_nll = _pgd(model, batch, layer, eps, config)
     if config.norm == "linf":
-        random = random_delta(batch, torch.tensor([eps]), model.d_model, seed=config.seed)
+        random = random_delta(batch, torch.tensor([eps], device=batch.input_ids.device), model.d_model, seed=config.seed)
     else:
         random = random_l2_delta(batch, pgd_delta.flatten(1).norm(dim=1), model.d_model, seed=config.seed)
     random_nll = float(-_logprob(model, batch, config.target, layer, random, mean=True)[0])
@@ -104,7 +104,7 @@ def baseline_cell(
                 "budget": float(budget),
                 "attack": attack,
                 "eps": eps,
-                "delta": delta[0],
+                "delta": delta[0].cpu(),
                 "delta_linf": float(delta.abs().max()),
                 "delta_l2": l2,
                 "clean_text": clean_text,
