@@ -321,6 +321,39 @@ def _behaviour(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_report_parser(subparsers) -> None:
+    report = subparsers.add_parser("report", help="write a self-contained HTML report of a run folder (charts work offline)")
+    report.add_argument("run", metavar="RUN", help="run folder written by sweep, audit or import-paper")
+    report.add_argument("--out", default=None, help="HTML file to write (default: RUN/report.html)")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from lvs_core.report import write_report
+
+    out = Path(args.out) if args.out else Path(args.run) / "report.html"
+    path = write_report(args.run, out)
+    print(f"report written to {path}")
+    return 0
+
+
+def _add_import_paper_parser(subparsers) -> None:
+    importer = subparsers.add_parser(
+        "import-paper", help="convert a long-form metric CSV of published results into a run folder"
+    )
+    importer.add_argument("csv", metavar="CSV", help="metric CSV with the columns arch, variant, exp, layer, layer_idx, "
+                          "budget, attack, lvs, lvs_lo, lvs_hi, asr, frac, compliance")
+    importer.add_argument("--out", required=True, help="run folder to write")
+    importer.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+
+
+def _import_paper(args: argparse.Namespace) -> int:
+    from lvs_core.paper_import import import_paper_csv
+
+    path = import_paper_csv(args.csv, args.out, overwrite=args.overwrite)
+    print(f"imported run written to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="lvs-audit", description="Audit LLM safety at the representation level.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -332,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_audit_parser(subparsers)
     _add_compare_parser(subparsers)
     _add_behaviour_parser(subparsers)
+    _add_report_parser(subparsers)
+    _add_import_paper_parser(subparsers)
     return parser
 
 
@@ -343,6 +378,8 @@ COMMANDS = {
     "audit": _audit,
     "compare": _compare,
     "behaviour": _behaviour,
+    "report": _report,
+    "import-paper": _import_paper,
 }
 
 

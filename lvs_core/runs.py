@@ -67,9 +67,13 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
-    """Load a complete run folder written by a sweep or an audit."""
+    """Load a complete run folder written by a sweep, an audit or an import.
+
+    A run imported from published results (:mod:`lvs_core.paper_import`) has no
+    ``cells.parquet``; its ``cells`` frame is empty, with the columns of :data:`CELL_COLUMNS`.
+    """
     path = Path(path).expanduser()
-    missing = [name for name in ("config.json", "cells.parquet", "summary.parquet") if not (path / name).is_file()]
+    missing = [name for name in ("config.json", "summary.parquet") if not (path / name).is_file()]
     if missing and (path / "parts").is_dir():
         raise AuditInputError(
             f"run {str(path)!r} is still in progress or was interrupted: wait for it to finish, "
@@ -81,7 +85,8 @@ def load_run(path: str | Path) -> Run:
             "point to a folder written by 'lvs-audit sweep'"
         )
     config = json.loads((path / "config.json").read_text())
-    cells = pd.read_parquet(path / "cells.parquet")
+    cells_file = path / "cells.parquet"
+    cells = pd.read_parquet(cells_file) if cells_file.is_file() else pd.DataFrame(columns=list(CELL_COLUMNS))
     summary = pd.read_parquet(path / "summary.parquet")
     return Run(path=path, config=config, cells=cells, summary=summary)
 
