@@ -6,9 +6,11 @@ A model spec is one of:
   ``assets/models/``;
 - a path to a local HuggingFace checkpoint folder (``config.json`` plus weights and a
   tokenizer);
-- a hub id such as ``Qwen/Qwen2.5-0.5B-Instruct``, loaded through the same
-  ``TransformerBridge.boot_transformers`` call, which reads the local HuggingFace cache
-  when ``HF_HUB_OFFLINE=1`` is set or the hub is unreachable.
+- a hub id such as ``Qwen/Qwen2.5-0.5B-Instruct``. A complete snapshot in the local
+  HuggingFace cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``) is loaded from its
+  folder with no network access. Otherwise, unless ``HF_HUB_OFFLINE=1`` is set, the
+  loader downloads the model from the hub. A model that is neither cached nor reachable
+  raises :class:`AuditInputError` with the download command.
 
 Layers are named ``embedding`` (the residual stream entering block 0, after any
 embedding scale or positional embedding) and ``0 .. n_layers-1`` (the residual stream
@@ -22,7 +24,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import torch
 
@@ -36,6 +38,13 @@ DEMO_MODEL_NAMES = ("safe", "dissociated", "harmful")
 EMBEDDING_LAYER = "embedding"
 
 Layer = Union[str, int]
+# Called with a stage description and the fraction of the load done (0 to 1).
+LoadProgress = Callable[[str, float], None]
+
+HUB_OFFLINE_ENV = "HF_HUB_OFFLINE"
+_TRUE_VALUES = ("1", "ON", "YES", "TRUE")
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+HUB_CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -221,13 +230,186 @@ def _load_nudge(local_path: str | None, d_model: int) -> dict | None:
     return {**meta, "direction": direction}
 
 
+def hub_offline() -> bool:
+    """Return whether ``HF_HUB_OFFLINE`` forbids hub access.
+
+    Read at call time: ``huggingface_hub`` reads it once, when it is first imported.
+    """
+    return os.environ.get(HUB_OFFLINE_ENV, "").strip().upper() in _TRUE_VALUES
+
+
+def hub_cache_dir() -> Path:
+    """Return the HuggingFace hub cache folder: ``$HF_HUB_CACHE``, ``$HF_HOME/hub`` or ``~/.cache/huggingface/hub``."""
+    explicit = os.environ.get("HF_HUB_CACHE", "").strip()
+    if explicit:
+        return Path(explicit).expanduser()
+    home = os.environ.get("HF_HOME", "").strip()
+    if home:
+        return Path(home).expanduser() / "hub"
+    cache_home = os.environ.get("XDG_CACHE_HOME", "").strip() or "~/.cache"
+    return Path(cache_home).expanduser() / "huggingface" / "hub"
+
+
+def _not_cached_message(repo_id: str, reason: str) -> str:
+    return (
+        f"model {repo_id!r} is not in the local HuggingFace cache ({hub_cache_dir()}) and the hub "
+        f"cannot be reached ({reason}): download it on a connected machine with "
+        f"`hf download {repo_id}` and copy the cache, set HF_HOME to the cache that has it, "
+        "or give a local folder"
+    )
+
+
+def _snapshot_problem(folder: Path) -> str | None:
+    """Return what a cached snapshot folder lacks to be loaded (config or weights), or ``None``."""
+    # A file of a snapshot is a link into blobs/; exists() is false for a dangling one.
+    present = {path.name for path in folder.iterdir() if path.exists()}
+    if "config.json" not in present:
+        return "no config.json"
+    if not any(name.endswith(WEIGHT_SUFFIXES) for name in present):
+        return "no weights (*.safetensors or *.bin)"
+    return None
+
+
+def cached_hub_snapshot(repo_id: str) -> Path | None:
+    """Return the folder of ``repo_id``'s cached ``main`` snapshot, or ``None`` when it is not cached.
+
+    Raises:
+        AuditInputError: ``repo_id`` is not a valid hub id, or the cached snapshot lacks
+            its config or weights.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, cache_dir=hub_cache_dir(), local_files_only=True))
+    except HFValidationError as error:
+        raise AuditInputError(
+            f"invalid hub id {repo_id!r} ({str(error).splitlines()[0]}): use the form 'org/name'"
+        ) from None
+    except LocalEntryNotFoundError:
+        return None
+    problem = _snapshot_problem(folder)
+    if problem is not None:
+        raise AuditInputError(
+            f"the cached snapshot of {repo_id!r} at {folder} is incomplete ({problem}): "
+            f"download it again with `hf download {repo_id}`, or give a local folder"
+        )
+    return folder
+
+
+def hub_endpoint() -> str:
+    """Return the hub URL: ``$HF_ENDPOINT`` or https://huggingface.co."""
+    return os.environ.get("HF_ENDPOINT", "").strip().rstrip("/") or "https://huggingface.co"
+
+
+def hub_reachable(timeout_s: float = HUB_CONNECT_TIMEOUT_S) -> bool:
+    """Return whether a TCP connection to the hub's host opens within ``timeout_s`` seconds.
+
+    ``huggingface_hub`` retries a refused connection five times with backoff (about
+    30 s), so a load checks the connection once first.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(hub_endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout_s):
+            return True
+    except OSError as error:
+        logger.info("hub %s not reachable: %s", hub_endpoint(), error)
+        return False
+
+
+def _check_hub_access(repo_id: str) -> None:
+    """Fetch ``repo_id``'s config.json from the hub, turning each failure into a one-line error.
+
+    Raises:
+        AuditInputError: the hub cannot be reached, or the repository is missing, gated
+            or has no config.json.
+    """
+    if not hub_reachable():
+        raise AuditInputError(_not_cached_message(repo_id, f"no connection to {hub_endpoint()}"))
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        hf_hub_download(repo_id, "config.json", cache_dir=hub_cache_dir())
+    except GatedRepoError:
+        raise AuditInputError(
+            f"model {repo_id!r} is gated on the hub: accept its terms on its hub page, log in with "
+            "`hf auth login`, or give a local folder"
+        ) from None
+    except RepositoryNotFoundError:
+        raise AuditInputError(
+            f"model {repo_id!r} not found on the hub: check the id (org/name), log in with "
+            "`hf auth login` for a private model, or give a local folder"
+        ) from None
+    except OfflineModeIsEnabled:
+        raise AuditInputError(_not_cached_message(repo_id, "offline mode is on")) from None
+    except RemoteEntryNotFoundError:
+        raise AuditInputError(
+            f"hub repository {repo_id!r} has no config.json: it is not a transformers checkpoint"
+        ) from None
+    # huggingface_hub raises this when the request failed and no cached copy exists.
+    except LocalEntryNotFoundError:
+        raise AuditInputError(_not_cached_message(repo_id, "the connection failed")) from None
+    except OSError as error:
+        raise AuditInputError(_not_cached_message(repo_id, type(error).__name__)) from None
+
+
+def resolve_hub_model(repo_id: str) -> str:
+    """Return what ``boot_transformers`` should load for a hub id: its cached snapshot folder, or the id to download.
+
+    Raises:
+        AuditInputError: the id is invalid, or the model is neither cached nor reachable.
+    """
+    folder = cached_hub_snapshot(repo_id)
+    if folder is not None:
+        logger.info("loading %s from the local HuggingFace cache, revision %s", repo_id, folder.name)
+        return str(folder)
+    if hub_offline():
+        raise AuditInputError(_not_cached_message(repo_id, f"{HUB_OFFLINE_ENV} is set"))
+    _check_hub_access(repo_id)
+    return repo_id
+
+
+def _read_config(folder: str) -> dict:
+    """Return a checkpoint folder's config.json, or raise a one-line error on a malformed one."""
+    import json
+
+    config_file = Path(folder) / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as error:
+        raise AuditInputError(
+            f"could not read {config_file} ({type(error).__name__}: {error}): "
+            "check that the checkpoint folder is complete"
+        ) from None
+    if not isinstance(config, dict):
+        raise AuditInputError(f"{config_file} is not a JSON object: check that the checkpoint folder is complete")
+    return config
+
+
 def load_model(
     spec: str,
     device: str | None = None,
     dtype: torch.dtype = torch.float32,
     chat_template: str | None = None,
+    progress: LoadProgress | None = None,
 ) -> AuditModel:
     """Load ``spec`` as a ``TransformerBridge`` in eval mode with gradients off.
+
+    ``progress`` is called at the start of each stage (resolving the spec, reading the
+    config, loading weights and tokenizer into the bridge, checking the chat template)
+    and once more at the end. The weights stage takes nearly all of the time and reports
+    nothing until it is done.
 
     Raises:
         AuditInputError: the spec names no demo model, folder or loadable hub id, or the
@@ -235,7 +417,26 @@ def load_model(
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    def report(stage: str, fraction: float) -> None:
+        logger.info("loading %s: %s", spec, stage)
+        if progress is not None:
+            progress(stage, fraction)
+
+    report("resolving the model", 0.0)
     name_or_path, local_path = resolve_model_path(spec)
+    if local_path is None:
+        name_or_path = resolve_hub_model(name_or_path)
+        if Path(name_or_path).is_dir():
+            local_path = name_or_path
+
+    if local_path is not None:
+        report("reading config.json", 0.1)
+        config = _read_config(local_path)
+        architecture = ", ".join(config.get("architectures") or [config.get("model_type", "unknown")])
+        report(f"loading weights and tokenizer ({architecture})", 0.2)
+    else:
+        report("downloading and loading weights and tokenizer", 0.2)
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     logger.info("loading %s from %s on %s", spec, name_or_path, device)
     try:
@@ -246,6 +447,7 @@ def load_model(
             f"could not load model {spec!r} ({first_line}): check the hub id, or download it "
             "into the HuggingFace cache first, or give a local folder"
         ) from error
+    report("checking the tokenizer and chat template", 0.9)
     bridge.eval()
     for parameter in bridge.original_model.parameters():
         parameter.requires_grad_(False)
@@ -273,4 +475,5 @@ def load_model(
         "loaded %s: %d blocks, d_model %d, %.1fM parameters", spec, model.n_layers, model.d_model,
         model.n_params / 1e6,
     )
+    report("ready", 1.0)
     return model

@@ -79,7 +79,7 @@ def test_bad_model_spec(spec, message):
 def test_uncached_hub_id_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    with pytest.raises(AuditInputError, match="could not load model"):
+    with pytest.raises(AuditInputError, match="is not in the local HuggingFace cache"):
         load_model("lvs-audit-tests/not-a-cached-model")
 
 
