@@ -18,23 +18,32 @@ Environment variables (all optional):
     and where the Runs page writes new and imported runs. Default: ``./runs``.
 
 Loaded models live in ``st.cache_resource``, so one model object is shared by every
-browser session. An attack attaches hooks to that object, so every call into a model
-holds the model's lock, and no session ever runs with another session's hooks attached.
+browser session. An attack attaches hooks to that object, and TransformerLens hooks act
+on every forward pass of the model, whichever thread runs it. So every call into a
+model goes through :func:`model_session`, which holds the model's lock, and no session
+ever runs with another session's hooks attached. Live flip results are cached per step
+(clean generation, attack, delta positions) with ``st.cache_data``, so a changed
+control recomputes only the steps that depend on it.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
+import tempfile
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
 
 from lvs_core.errors import AuditInputError
-from lvs_core.live import flip_prompt
-from lvs_core.models import DEMO_MODEL_NAMES, AuditModel, Layer, load_model, parse_layer
+from lvs_core.live import attack_step, clean_step, delta_positions
+from lvs_core.models import DEMO_MODEL_NAMES, AuditModel, Layer, LoadProgress, load_model, parse_layer
 from lvs_core.prompts import HELDOUT_FILE, load_prompt_records
 from lvs_core.runs import DEMO_RUN_DIR, Run, list_runs, load_run
 
@@ -62,10 +71,11 @@ MAX_CACHED_FLIPS = 256
 
 @dataclass
 class SharedModel:
-    """A loaded model and the lock that every caller must hold while using it."""
+    """A loaded model, the lock that every caller must hold while using it, and its device setting."""
 
     model: AuditModel
     lock: threading.Lock
+    device: str | None = None
 
 
 def model_specs() -> list[str]:
@@ -126,15 +136,26 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-# (spec, device) pairs loaded in this process, so the sidebar can show a model's card
-# without loading it. An entry may outlive a cache eviction; then the card reloads it.
+# (spec, device) pairs in the model cache, so the sidebar can show a model's card
+# without loading it. The cache's on_release removes an evicted model.
 _loaded: set[tuple[str, str | None]] = set()
+# One lock per (spec, device) while it loads, so two sessions never load the same model twice.
+_load_locks: dict[tuple[str, str | None], threading.Lock] = {}
+_load_locks_guard = threading.Lock()
 
 
-@st.cache_resource(show_spinner=False, max_entries=MAX_CACHED_MODELS)
-def _shared_model(spec: str, device: str | None) -> SharedModel:
+def _forget_model(shared: SharedModel) -> None:
+    _loaded.discard((shared.model.spec, shared.device))
+    logger.info("dropped %s from the model cache", shared.model.spec)
+
+
+@st.cache_resource(show_spinner=False, max_entries=MAX_CACHED_MODELS, on_release=_forget_model)
+def _shared_model(spec: str, device: str | None, _preloaded: AuditModel | None = None) -> SharedModel:
     # Exceptions are not cached, so a failed load is retried on the next request.
-    shared = SharedModel(model=load_model(spec, device=device), lock=threading.Lock())
+    # shared_model loads outside this function when it can, because Streamlit replays
+    # the elements a cached function draws, and a progress bar must not be replayed.
+    model = _preloaded if _preloaded is not None else load_model(spec, device=device)
+    shared = SharedModel(model=model, lock=threading.Lock(), device=device)
     _loaded.add((spec, device))
     return shared
 
@@ -152,13 +173,50 @@ def runs_root() -> Path:
     return Path(os.environ.get(RUNS_ROOT_ENV, "").strip() or "runs").expanduser().absolute()
 
 
-def shared_model(spec: str) -> SharedModel:
+def shared_model(spec: str, progress: LoadProgress | None = None) -> SharedModel:
     """Load ``spec`` once per process on the configured device and return it with its lock.
+
+    ``progress`` receives the load's stages (see :func:`lvs_core.models.load_model`)
+    when this call is the one that loads the model.
 
     Raises:
         AuditInputError: the spec, the device or the checkpoint is invalid.
     """
-    return _shared_model(spec.strip(), model_device())
+    spec = spec.strip()
+    device = model_device()
+    key = (spec, device)
+    if key not in _loaded:
+        with _load_locks_guard:
+            load_lock = _load_locks.setdefault(key, threading.Lock())
+        with load_lock:
+            if key not in _loaded:
+                model = load_model(spec, device=device, progress=progress)
+                return _shared_model(spec, device, _preloaded=model)
+    return _shared_model(spec, device)
+
+
+@contextmanager
+def model_session(spec: str, purpose: str) -> Iterator[AuditModel]:
+    """Hold the lock of the shared model ``spec`` for the block and yield the model.
+
+    Logs when the lock is requested, acquired and released (``extra`` fields
+    ``lock_event`` and ``purpose``), with the time spent waiting for another session.
+    """
+    shared = shared_model(spec)
+    extra = {"purpose": purpose, "spec": spec}
+    requested = time.monotonic()
+    logger.debug("%s on %s: waiting for the model lock", purpose, spec, extra={**extra, "lock_event": "request"})
+    with shared.lock:
+        acquired = time.monotonic()
+        logger.debug("%s on %s: acquired the model lock", purpose, spec, extra={**extra, "lock_event": "acquire"})
+        try:
+            yield shared.model
+        finally:
+            logger.info(
+                "%s on %s: %.2f s, after %.2f s waiting for the model lock",
+                purpose, spec, time.monotonic() - acquired, acquired - requested,
+                extra={**extra, "lock_event": "release"},
+            )
 
 
 def default_layer(model: AuditModel) -> Layer:
@@ -171,17 +229,55 @@ def default_layer(model: AuditModel) -> Layer:
     return model.n_layers // 2
 
 
-@st.cache_data(show_spinner=False, max_entries=MAX_CACHED_FLIPS)
-def flip(spec: str, prompt: str, layer: str, budget: float, max_new_tokens: int) -> dict:
-    """Run :func:`lvs_core.live.flip_prompt` on the shared model under its lock; results are cached.
+# The Live flip steps below take the device as an argument only so that it is part of
+# the cache key. ``layer`` is a layer label (``embedding`` or a block index as text).
 
-    ``layer`` is a layer label (``embedding`` or a block index as text) so that the
-    cache key is a plain string.
-    """
-    shared = shared_model(spec)
-    with shared.lock:
-        logger.info("flip on %s: layer %s, budget %g, %d new tokens", spec, layer, budget, max_new_tokens)
-        return flip_prompt(shared.model, prompt, layer, budget, max_new_tokens=max_new_tokens)
+
+@st.cache_data(show_spinner=False, max_entries=MAX_CACHED_FLIPS)
+def _clean(spec: str, device: str | None, prompt: str, max_new_tokens: int) -> dict:
+    with model_session(spec, "clean generation") as model:
+        return clean_step(model, prompt, max_new_tokens=max_new_tokens)
+
+
+@st.cache_data(show_spinner=False, max_entries=MAX_CACHED_FLIPS)
+def _attack(spec: str, device: str | None, prompt: str, layer: str, budget: float, max_new_tokens: int) -> dict:
+    clean = _clean(spec, device, prompt, max_new_tokens)
+    with model_session(spec, f"attack at layer {layer}, budget {budget:g}") as model:
+        return attack_step(model, prompt, layer, budget, clean, max_new_tokens=max_new_tokens)
+
+
+@st.cache_data(show_spinner=False, max_entries=MAX_CACHED_FLIPS)
+def _positions(spec: str, device: str | None, prompt: str, layer: str, budget: float) -> dict:
+    with model_session(spec, f"delta positions at layer {layer}, budget {budget:g}") as model:
+        return delta_positions(model, prompt, layer, budget)
+
+
+def clean_generation(spec: str, prompt: str, max_new_tokens: int) -> dict:
+    """Return :func:`lvs_core.live.clean_step` on the shared model, cached per (model, prompt, max_new_tokens)."""
+    return _clean(spec.strip(), model_device(), prompt, int(max_new_tokens))
+
+
+def attack(spec: str, prompt: str, layer: str, budget: float, max_new_tokens: int) -> dict:
+    """Return :func:`lvs_core.live.attack_step` on the shared model, cached per (model, prompt, layer, budget, max_new_tokens)."""
+    return _attack(spec.strip(), model_device(), prompt, str(layer), float(budget), int(max_new_tokens))
+
+
+def positions(spec: str, prompt: str, layer: str, budget: float) -> dict:
+    """Return :func:`lvs_core.live.delta_positions` on the shared model, cached per (model, prompt, layer, budget)."""
+    return _positions(spec.strip(), model_device(), prompt, str(layer), float(budget))
+
+
+def flip(spec: str, prompt: str, layer: str, budget: float, max_new_tokens: int) -> dict:
+    """Return what :func:`lvs_core.live.flip_prompt` returns, built from the cached steps."""
+    clean = clean_generation(spec, prompt, max_new_tokens)
+    attacked = attack(spec, prompt, layer, budget, max_new_tokens)
+    return {"model": spec.strip(), "prompt": prompt, **attacked, "clean": clean}
+
+
+def clear_live_results() -> None:
+    """Empty the caches of the Live flip steps (the loaded models stay)."""
+    for cached in (_clean, _attack, _positions):
+        cached.clear()
 
 
 @st.cache_data(show_spinner=False)
@@ -198,6 +294,30 @@ def prompt_records(source: str) -> list[dict]:
     """
     path = HELDOUT_FILE if source.startswith("heldout") else Path(source).expanduser()
     return _prompt_records(source, _mtime(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def uploaded_prompt_records(name: str, data: bytes) -> list[dict]:
+    """Return the records of an uploaded CSV or JSONL prompt file (see :func:`lvs_core.prompts.load_prompt_records`).
+
+    Raises:
+        AuditInputError: the file is malformed, has no ``prompt`` column or field, or
+            is not UTF-8 text. The message names the uploaded file, not its temporary copy.
+    """
+    safe_name = Path(name).name or "prompts"
+    with tempfile.TemporaryDirectory(prefix="lvs-prompts-") as folder:
+        path = Path(folder) / safe_name
+        path.write_bytes(data)
+        try:
+            return load_prompt_records(str(path))
+        except AuditInputError as error:
+            raise AuditInputError(str(error).replace(str(path), safe_name)) from None
+        except (ValueError, csv.Error) as error:
+            # A file that is not UTF-8 fails while decoding, outside the format checks.
+            raise AuditInputError(
+                f"prompt file {safe_name!r} could not be read ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}): upload UTF-8 CSV or JSONL with a 'prompt' column"
+            ) from None
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

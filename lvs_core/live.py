@@ -1,13 +1,51 @@
-"""Attack a single prompt at one layer and budget: the data behind the Live flip page."""
+"""Attack a single prompt at one layer and budget: the data behind the Live flip page.
+
+The work is split into steps with separate inputs, so that a caller that caches each
+step (the dashboard does) recomputes only what a changed setting touches:
+
+- :func:`clean_step`: the clean generation, verdict and refusal margin, per (model,
+  prompt, max_new_tokens);
+- :func:`attack_step`: the PGD attack and the random control at one layer and budget,
+  with their generations, verdicts, margins and LVS;
+- :func:`curve_points` and :func:`smallest_flipping_budget`: the margins and verdicts of
+  attack steps over a grid of budgets (:func:`budget_curve` runs the grid);
+- :func:`delta_positions`: the L2 norm of the PGD and random deltas at each prompt
+  position, to show which tokens the attack moves most.
+
+:func:`flip_prompt` runs the clean and attack steps in one call. Every step returns
+plain Python values (str, float, bool, lists), so results can be pickled and cached.
+The refusal margin is ``log p(refusal) - log p(target)`` in nats after the prompt under
+the delta (positive leans to refusing).
+"""
 
 from __future__ import annotations
 
-from lvs_core.attack import AttackConfig
-from lvs_core.engine import attack_batch, clean_reference
+import logging
+from typing import Callable, Sequence
+
+import numpy as np
+
+from lvs_core.attack import (
+    AttackConfig,
+    attack_radius,
+    clean_residual,
+    pgd_attack,
+    random_delta,
+    random_l2_delta,
+    validate_budget,
+)
+from lvs_core.engine import CleanReference, attack_batch, clean_reference
 from lvs_core.generation import DEFAULT_MAX_NEW_TOKENS
-from lvs_core.models import AuditModel, Layer
+from lvs_core.models import AuditModel, Layer, layer_label, parse_layer
 from lvs_core.prompts import build_batch
 from lvs_core.scoring import Scorer
+
+logger = logging.getLogger(__name__)
+
+# Budgets of the refusal-margin curve: 8 log-spaced points from 0.01 to 0.5 of max|h|.
+BUDGET_GRID = tuple(float(f"{budget:.3g}") for budget in np.geomspace(0.01, 0.5, 8))
+# Called with the number of grid budgets done and the total.
+CurveProgress = Callable[[int, int], None]
 
 
 def verdict(valid: bool, compliant: bool) -> str:
@@ -17,31 +55,72 @@ def verdict(valid: bool, compliant: bool) -> str:
     return "complied" if compliant else "refused"
 
 
-def flip_prompt(
+def clean_step(
     model: AuditModel,
     prompt: str,
-    layer: Layer,
-    budget: float,
     config: AttackConfig = AttackConfig(),
     scorer: Scorer | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
 ) -> dict:
-    """Return the clean, attacked and random-control generations of one prompt with verdicts."""
+    """Generate and judge ``prompt`` with no intervention.
+
+    Returns ``text``, ``verdict``, ``margin`` (nats) and what :func:`attack_step` needs
+    to score a perturbed response against it (``harmlessness``, ``compliant``,
+    ``valid``, ``target_nll``).
+
+    Raises:
+        AuditInputError: the prompt is empty or longer than the model's context.
+    """
     batch = build_batch(model, [prompt])
     clean = clean_reference(model, batch, config, scorer, max_new_tokens)
-    rows = attack_batch(model, batch, layer, budget, clean, config, scorer, max_new_tokens)
-    result = {
-        "model": model.spec,
-        "prompt": prompt,
-        "layer": rows[0]["layer"],
-        "budget": float(budget),
-        "eps": rows[0]["eps"],
-        "clean": {
-            "text": clean.texts[0],
-            "verdict": verdict(bool(clean.valid[0]), bool(clean.compliant[0])),
-            "margin": float(clean.margin[0]),
-        },
+    valid = bool(clean.valid[0])
+    compliant = bool(clean.compliant[0])
+    return {
+        "text": clean.texts[0],
+        "verdict": verdict(valid, compliant),
+        "margin": float(clean.margin[0]),
+        "harmlessness": float(clean.harmlessness[0]),
+        "compliant": compliant,
+        "valid": valid,
+        "target_nll": float(clean.target_nll[0]),
     }
+
+
+def _reference(clean: dict) -> CleanReference:
+    """Rebuild the engine's one-row clean reference from a :func:`clean_step` result."""
+    return CleanReference(
+        texts=[clean["text"]],
+        harmlessness=np.array([clean["harmlessness"]]),
+        compliant=np.array([clean["compliant"]]),
+        valid=np.array([clean["valid"]]),
+        margin=np.array([clean["margin"]]),
+        target_nll=np.array([clean["target_nll"]]),
+    )
+
+
+def attack_step(
+    model: AuditModel,
+    prompt: str,
+    layer: Layer,
+    budget: float,
+    clean: dict,
+    config: AttackConfig = AttackConfig(),
+    scorer: Scorer | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> dict:
+    """Attack ``prompt`` at ``layer`` and ``budget`` with PGD and the random control.
+
+    ``clean`` is the :func:`clean_step` result of the same prompt and settings. Returns
+    ``layer`` (label), ``budget``, ``eps`` (the radius in activation units) and, under
+    ``pgd`` and ``random``, the generation's ``text``, ``verdict``, ``margin`` (nats),
+    ``delta_l2``, ``delta_linf``, ``target_nll`` (nats per token) and ``lvs``.
+
+    Raises:
+        AuditInputError: the layer, budget or prompt is invalid.
+    """
+    batch = build_batch(model, [prompt])
+    rows = attack_batch(model, batch, layer, budget, _reference(clean), config, scorer, max_new_tokens)
+    result = {"layer": rows[0]["layer"], "budget": float(budget), "eps": rows[0]["eps"]}
     for row in rows:
         result[row["attack"]] = {
             "text": row["perturbed_text"],
@@ -53,3 +132,121 @@ def flip_prompt(
             "lvs": row["lvs"],
         }
     return result
+
+
+def flip_prompt(
+    model: AuditModel,
+    prompt: str,
+    layer: Layer,
+    budget: float,
+    config: AttackConfig = AttackConfig(),
+    scorer: Scorer | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> dict:
+    """Return the clean, attacked and random-control generations of one prompt with verdicts.
+
+    The result has ``model``, ``prompt``, ``layer``, ``budget``, ``eps``, and ``clean``,
+    ``pgd`` and ``random`` entries as described in :func:`clean_step` and
+    :func:`attack_step`.
+    """
+    clean = clean_step(model, prompt, config, scorer, max_new_tokens)
+    attacked = attack_step(model, prompt, layer, budget, clean, config, scorer, max_new_tokens)
+    return {"model": model.spec, "prompt": prompt, **attacked, "clean": clean}
+
+
+def curve_points(attacks: Sequence[dict]) -> list[dict]:
+    """Return one point per :func:`attack_step` result, in budget order.
+
+    Each point has ``budget``, ``pgd_margin``, ``random_margin`` (nats), ``pgd_verdict``
+    and ``random_verdict``.
+    """
+    points = [
+        {
+            "budget": attack["budget"],
+            "pgd_margin": attack["pgd"]["margin"],
+            "random_margin": attack["random"]["margin"],
+            "pgd_verdict": attack["pgd"]["verdict"],
+            "random_verdict": attack["random"]["verdict"],
+        }
+        for attack in attacks
+    ]
+    return sorted(points, key=lambda point: point["budget"])
+
+
+def smallest_flipping_budget(points: Sequence[dict]) -> float | None:
+    """Return the smallest budget whose PGD generation complies, or ``None`` when none does.
+
+    Compliance need not be monotone in the budget, so this is the first compliant point
+    of the grid, not a threshold above which every budget flips.
+    """
+    for point in sorted(points, key=lambda point: point["budget"]):
+        if point["pgd_verdict"] == "complied":
+            return float(point["budget"])
+    return None
+
+
+def budget_curve(
+    model: AuditModel,
+    prompt: str,
+    layer: Layer,
+    budgets: Sequence[float] = BUDGET_GRID,
+    config: AttackConfig = AttackConfig(),
+    scorer: Scorer | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    progress: CurveProgress | None = None,
+) -> list[dict]:
+    """Run :func:`attack_step` at every budget of ``budgets`` and return :func:`curve_points`."""
+    budgets = [validate_budget(budget) for budget in budgets]
+    clean = clean_step(model, prompt, config, scorer, max_new_tokens)
+    attacks = []
+    for done, budget in enumerate(budgets):
+        if progress is not None:
+            progress(done, len(budgets))
+        logger.info("budget curve of %s at layer %s: budget %g", model.spec, layer_label(layer), budget)
+        attacks.append(attack_step(model, prompt, layer, budget, clean, config, scorer, max_new_tokens))
+    if progress is not None:
+        progress(len(budgets), len(budgets))
+    return curve_points(attacks)
+
+
+def position_labels(model: AuditModel, token_ids: Sequence[int]) -> list[str]:
+    """Return each token's text, with line breaks and blank tokens made visible."""
+    labels = []
+    for token_id in token_ids:
+        text = model.tokenizer.decode([int(token_id)])
+        text = text.replace("\n", "\\n")
+        labels.append(text if text.strip() else repr(text))
+    return labels
+
+
+def delta_positions(
+    model: AuditModel,
+    prompt: str,
+    layer: Layer,
+    budget: float,
+    config: AttackConfig = AttackConfig(),
+) -> dict:
+    """Return the L2 norm over ``d_model`` of the PGD and random deltas at each prompt position.
+
+    Positions are the chat-formatted prompt, template tokens included, because the
+    attack perturbs all of them. The deltas come from a fresh run of the attack with
+    the same inputs as :func:`attack_step`, so they match its deltas up to float
+    rounding. Returns ``tokens`` (each token's text), ``pgd`` and ``random`` (one norm
+    per position, in activation units).
+    """
+    budget = validate_budget(budget)
+    layer = parse_layer(layer, model.n_layers)
+    batch = build_batch(model, [prompt])
+    eps = attack_radius(clean_residual(model, batch, layer), batch, budget, config.norm)
+    pgd = pgd_attack(model, batch, layer, eps, config).delta
+    if config.norm == "linf":
+        control = random_delta(batch, eps, model.d_model, seed=config.seed)
+    else:
+        control = random_l2_delta(batch, pgd.flatten(1).norm(dim=1), model.d_model, seed=config.seed)
+
+    # [1, pos, d_model] -> [pos]; a one-prompt batch has no pad positions.
+    return {
+        "tokens": position_labels(model, batch.input_ids[0].tolist()),
+        "pgd": pgd[0].norm(dim=-1).tolist(),
+        "random": control[0].to(pgd.device).norm(dim=-1).tolist(),
+    }
