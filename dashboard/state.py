@@ -42,7 +42,7 @@ from pathlib import Path
 import streamlit as st
 
 from lvs_core.errors import AuditInputError
-from lvs_core.live import attack_step, clean_step, delta_positions
+from lvs_core.live import BUDGET_GRID, attack_step, attack_steps, clean_step
 from lvs_core.models import DEMO_MODEL_NAMES, AuditModel, Layer, LoadProgress, load_model, parse_layer
 from lvs_core.prompts import HELDOUT_FILE, load_prompt_records
 from lvs_core.runs import DEMO_RUN_DIR, Run, list_runs, load_run
@@ -247,9 +247,10 @@ def _attack(spec: str, device: str | None, prompt: str, layer: str, budget: floa
 
 
 @st.cache_data(show_spinner=False, max_entries=MAX_CACHED_FLIPS)
-def _positions(spec: str, device: str | None, prompt: str, layer: str, budget: float) -> dict:
-    with model_session(spec, f"delta positions at layer {layer}, budget {budget:g}") as model:
-        return delta_positions(model, prompt, layer, budget)
+def _curve(spec: str, device: str | None, prompt: str, layer: str, max_new_tokens: int) -> list[dict]:
+    clean = _clean(spec, device, prompt, max_new_tokens)
+    with model_session(spec, f"budget curve at layer {layer}") as model:
+        return attack_steps(model, prompt, layer, BUDGET_GRID, clean, max_new_tokens=max_new_tokens)
 
 
 def clean_generation(spec: str, prompt: str, max_new_tokens: int) -> dict:
@@ -262,9 +263,14 @@ def attack(spec: str, prompt: str, layer: str, budget: float, max_new_tokens: in
     return _attack(spec.strip(), model_device(), prompt, str(layer), float(budget), int(max_new_tokens))
 
 
-def positions(spec: str, prompt: str, layer: str, budget: float) -> dict:
-    """Return :func:`lvs_core.live.delta_positions` on the shared model, cached per (model, prompt, layer, budget)."""
-    return _positions(spec.strip(), model_device(), prompt, str(layer), float(budget))
+def positions(spec: str, prompt: str, layer: str, budget: float, max_new_tokens: int) -> dict:
+    """Return the per-position delta norms of :func:`attack` (the same cached attack, not a rerun)."""
+    return attack(spec, prompt, layer, budget, max_new_tokens)["positions"]
+
+
+def budget_curve(spec: str, prompt: str, layer: str, max_new_tokens: int) -> list[dict]:
+    """Return :func:`lvs_core.live.attack_steps` over ``BUDGET_GRID`` on the shared model, in one batched run, cached."""
+    return _curve(spec.strip(), model_device(), prompt, str(layer), int(max_new_tokens))
 
 
 def flip(spec: str, prompt: str, layer: str, budget: float, max_new_tokens: int) -> dict:
@@ -276,7 +282,7 @@ def flip(spec: str, prompt: str, layer: str, budget: float, max_new_tokens: int)
 
 def clear_live_results() -> None:
     """Empty the caches of the Live flip steps (the loaded models stay)."""
-    for cached in (_clean, _attack, _positions):
+    for cached in (_clean, _attack, _curve):
         cached.clear()
 
 

@@ -7,10 +7,11 @@ step (the dashboard does) recomputes only what a changed setting touches:
   prompt, max_new_tokens);
 - :func:`attack_step`: the PGD attack and the random control at one layer and budget,
   with their generations, verdicts, margins and LVS;
-- :func:`curve_points` and :func:`smallest_flipping_budget`: the margins and verdicts of
-  attack steps over a grid of budgets (:func:`budget_curve` runs the grid);
-- :func:`delta_positions`: the L2 norm of the PGD and random deltas at each prompt
-  position, to show which tokens the attack moves most.
+- :func:`attack_steps`: attack steps at several budgets in one batched run;
+  :func:`curve_points` and :func:`smallest_flipping_budget` read the margins and
+  verdicts of such a grid (:func:`budget_curve` runs it);
+- the ``positions`` entry of an attack step: the L2 norm of the PGD and random deltas
+  at each prompt position, to show which tokens the attack moves most.
 
 :func:`flip_prompt` runs the clean and attack steps in one call. Every step returns
 plain Python values (str, float, bool, lists), so results can be pickled and cached.
@@ -21,22 +22,14 @@ the delta (positive leans to refusing).
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from lvs_core.attack import (
-    AttackConfig,
-    attack_radius,
-    clean_residual,
-    pgd_attack,
-    random_delta,
-    random_l2_delta,
-    validate_budget,
-)
-from lvs_core.engine import CleanReference, attack_batch, clean_reference
+from lvs_core.attack import AttackConfig, validate_budget
+from lvs_core.engine import CleanReference, attack_cells, clean_reference
 from lvs_core.generation import DEFAULT_MAX_NEW_TOKENS
-from lvs_core.models import AuditModel, Layer, layer_label, parse_layer
+from lvs_core.models import AuditModel, Layer, layer_label
 from lvs_core.prompts import build_batch
 from lvs_core.scoring import Scorer
 
@@ -44,8 +37,6 @@ logger = logging.getLogger(__name__)
 
 # Budgets of the refusal-margin curve: 8 log-spaced points from 0.01 to 0.5 of max|h|.
 BUDGET_GRID = tuple(float(f"{budget:.3g}") for budget in np.geomspace(0.01, 0.5, 8))
-# Called with the number of grid budgets done and the total.
-CurveProgress = Callable[[int, int], None]
 
 
 def verdict(valid: bool, compliant: bool) -> str:
@@ -98,6 +89,46 @@ def _reference(clean: dict) -> CleanReference:
     )
 
 
+def attack_steps(
+    model: AuditModel,
+    prompt: str,
+    layer: Layer,
+    budgets: Sequence[float],
+    clean: dict,
+    config: AttackConfig = AttackConfig(),
+    scorer: Scorer | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> list[dict]:
+    """Attack ``prompt`` at ``layer`` at every budget of ``budgets`` in one batched run.
+
+    Returns one :func:`attack_step` result per budget, in the order given.
+    """
+    budgets = [validate_budget(budget) for budget in budgets]
+    batch = build_batch(model, [prompt])
+    cells = [(layer, budget) for budget in budgets]
+    rows = attack_cells(model, batch, cells, _reference(clean), config, scorer, max_new_tokens, keep_deltas=True)
+    tokens = position_labels(model, batch.input_ids[0].tolist())
+    results = []
+    for index, budget in enumerate(budgets):
+        cell_rows = rows[index * 2 : index * 2 + 2]
+        result = {"layer": cell_rows[0]["layer"], "budget": float(budget), "eps": cell_rows[0]["eps"],
+                  "positions": {"tokens": tokens}}
+        for row in cell_rows:
+            result[row["attack"]] = {
+                "text": row["perturbed_text"],
+                "verdict": verdict(row["perturbed_valid"], row["perturbed_compliant"]),
+                "margin": row["perturbed_margin"],
+                "delta_l2": row["delta_l2"],
+                "delta_linf": row["delta_linf"],
+                "target_nll": row["target_nll_perturbed"],
+                "lvs": row["lvs"],
+            }
+            # [pos, d_model] -> [pos]; a one-prompt batch has no pad positions.
+            result["positions"][row["attack"]] = row["delta"].norm(dim=-1).tolist()
+        results.append(result)
+    return results
+
+
 def attack_step(
     model: AuditModel,
     prompt: str,
@@ -111,27 +142,17 @@ def attack_step(
     """Attack ``prompt`` at ``layer`` and ``budget`` with PGD and the random control.
 
     ``clean`` is the :func:`clean_step` result of the same prompt and settings. Returns
-    ``layer`` (label), ``budget``, ``eps`` (the radius in activation units) and, under
-    ``pgd`` and ``random``, the generation's ``text``, ``verdict``, ``margin`` (nats),
-    ``delta_l2``, ``delta_linf``, ``target_nll`` (nats per token) and ``lvs``.
+    ``layer`` (label), ``budget``, ``eps`` (the radius in activation units), under
+    ``pgd`` and ``random`` the generation's ``text``, ``verdict``, ``margin`` (nats),
+    ``delta_l2``, ``delta_linf``, ``target_nll`` (nats per token) and ``lvs``, and under
+    ``positions`` the L2 norm over ``d_model`` of each delta at every prompt position
+    (``tokens``, ``pgd``, ``random``), template tokens included, because the attack
+    perturbs all of them.
 
     Raises:
         AuditInputError: the layer, budget or prompt is invalid.
     """
-    batch = build_batch(model, [prompt])
-    rows = attack_batch(model, batch, layer, budget, _reference(clean), config, scorer, max_new_tokens)
-    result = {"layer": rows[0]["layer"], "budget": float(budget), "eps": rows[0]["eps"]}
-    for row in rows:
-        result[row["attack"]] = {
-            "text": row["perturbed_text"],
-            "verdict": verdict(row["perturbed_valid"], row["perturbed_compliant"]),
-            "margin": row["perturbed_margin"],
-            "delta_l2": row["delta_l2"],
-            "delta_linf": row["delta_linf"],
-            "target_nll": row["target_nll_perturbed"],
-            "lvs": row["lvs"],
-        }
-    return result
+    return attack_steps(model, prompt, layer, [budget], clean, config, scorer, max_new_tokens)[0]
 
 
 def flip_prompt(
@@ -193,20 +214,11 @@ def budget_curve(
     config: AttackConfig = AttackConfig(),
     scorer: Scorer | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    progress: CurveProgress | None = None,
 ) -> list[dict]:
-    """Run :func:`attack_step` at every budget of ``budgets`` and return :func:`curve_points`."""
-    budgets = [validate_budget(budget) for budget in budgets]
+    """Attack at every budget of ``budgets`` in one batched run and return :func:`curve_points`."""
     clean = clean_step(model, prompt, config, scorer, max_new_tokens)
-    attacks = []
-    for done, budget in enumerate(budgets):
-        if progress is not None:
-            progress(done, len(budgets))
-        logger.info("budget curve of %s at layer %s: budget %g", model.spec, layer_label(layer), budget)
-        attacks.append(attack_step(model, prompt, layer, budget, clean, config, scorer, max_new_tokens))
-    if progress is not None:
-        progress(len(budgets), len(budgets))
-    return curve_points(attacks)
+    logger.info("budget curve of %s at layer %s over %d budgets", model.spec, layer_label(layer), len(budgets))
+    return curve_points(attack_steps(model, prompt, layer, budgets, clean, config, scorer, max_new_tokens))
 
 
 def position_labels(model: AuditModel, token_ids: Sequence[int]) -> list[str]:
@@ -225,28 +237,8 @@ def delta_positions(
     layer: Layer,
     budget: float,
     config: AttackConfig = AttackConfig(),
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
 ) -> dict:
-    """Return the L2 norm over ``d_model`` of the PGD and random deltas at each prompt position.
-
-    Positions are the chat-formatted prompt, template tokens included, because the
-    attack perturbs all of them. The deltas come from a fresh run of the attack with
-    the same inputs as :func:`attack_step`, so they match its deltas up to float
-    rounding. Returns ``tokens`` (each token's text), ``pgd`` and ``random`` (one norm
-    per position, in activation units).
-    """
-    budget = validate_budget(budget)
-    layer = parse_layer(layer, model.n_layers)
-    batch = build_batch(model, [prompt])
-    eps = attack_radius(clean_residual(model, batch, layer), batch, budget, config.norm)
-    pgd = pgd_attack(model, batch, layer, eps, config).delta
-    if config.norm == "linf":
-        control = random_delta(batch, eps, model.d_model, seed=config.seed)
-    else:
-        control = random_l2_delta(batch, pgd.flatten(1).norm(dim=1), model.d_model, seed=config.seed)
-
-    # [1, pos, d_model] -> [pos]; a one-prompt batch has no pad positions.
-    return {
-        "tokens": position_labels(model, batch.input_ids[0].tolist()),
-        "pgd": pgd[0].norm(dim=-1).tolist(),
-        "random": control[0].to(pgd.device).norm(dim=-1).tolist(),
-    }
+    """Return the ``positions`` entry of :func:`attack_step`: the per-position L2 norm of each delta."""
+    clean = clean_step(model, prompt, config, max_new_tokens=max_new_tokens)
+    return attack_step(model, prompt, layer, budget, clean, config, max_new_tokens=max_new_tokens)["positions"]

@@ -211,11 +211,9 @@ def test_budget_change_recomputes_attack_only(app_env, reference_models, lock_ev
     assert_clean_page(app)
     expected = live.flip_prompt(reference_models["safe"], PROMPTS[0][0], 1, 0.45, max_new_tokens=MAX_NEW_TOKENS)
     assert_shows(app, expected)
-    # Only what depends on the budget ran again: the attack and the delta positions.
-    assert sorted(lock_events.purposes("acquire")) == [
-        "attack at layer 1, budget 0.45",
-        "delta positions at layer 1, budget 0.45",
-    ]
+    # Only what depends on the budget ran again: the attack, whose deltas also give
+    # the per-position chart.
+    assert lock_events.purposes("acquire") == ["attack at layer 1, budget 0.45"]
 
 
 def test_layer_change_reuses_clean_generation(app_env, reference_models, lock_events):
@@ -242,9 +240,8 @@ def test_max_new_tokens_change_regenerates(app_env, lock_events):
     set_controls(app, max_new_tokens=MAX_NEW_TOKENS + 2)
 
     assert_clean_page(app)
-    assert "clean generation" in lock_events.purposes("acquire")
-    # The delta does not depend on the generation length, so its positions are reused.
-    assert not [purpose for purpose in lock_events.purposes("acquire") if purpose.startswith("delta positions")]
+    # The generations change with their length, so the clean step and the attack rerun.
+    assert sorted(lock_events.purposes("acquire")) == ["attack at layer 1, budget 0.1", "clean generation"]
 
 
 def test_zero_budget_error(app_env):
@@ -393,6 +390,11 @@ def test_budget_curve_on_request(app_env, reference_models):
     assert list(pgd["customdata"]) == [point["pgd_verdict"] for point in expected]
     assert figure["layout"]["xaxis"]["type"] == "log"
 
+    # Each point is the attack at that budget on its own.
+    single = live.flip_prompt(reference_models["safe"], PROMPTS[0][0], 1, live.BUDGET_GRID[3], max_new_tokens=MAX_NEW_TOKENS)
+    assert expected[3]["pgd_margin"] == pytest.approx(single["pgd"]["margin"], abs=1e-4)
+    assert expected[3]["pgd_verdict"] == single["pgd"]["verdict"]
+
     # The curve depends on the layer, not the budget: a new budget keeps it and moves the marker.
     set_controls(app, budget=0.3)
 
@@ -409,7 +411,7 @@ def test_delta_positions_chart(app_env, reference_models):
     assert_clean_page(app)
     figure = chart(app, "Delta norm per prompt position, block 2 output")
     model = reference_models["safe"]
-    expected = live.delta_positions(model, FREE_PROMPT, 2, 0.25)
+    expected = live.delta_positions(model, FREE_PROMPT, 2, 0.25, max_new_tokens=MAX_NEW_TOKENS)
     chat_ids = build_batch(model, [FREE_PROMPT]).input_ids[0].tolist()
     assert figure["layout"]["xaxis"]["ticktext"] == live.position_labels(model, chat_ids)
     assert figure["layout"]["xaxis"]["ticktext"][0] == "<|bos|>"

@@ -290,12 +290,10 @@ def render_curve(model: AuditModel, prompt: str, layer: str, budget: float, max_
         )
         return
 
-    bar = st.progress(0.0, text="budget curve")
-    attacks = []
-    for done, grid_budget in enumerate(BUDGET_GRID):
-        bar.progress(done / len(BUDGET_GRID), text=f"attacking at b = {grid_budget:g} ({done + 1} of {len(BUDGET_GRID)})")
-        attacks.append(state.attack(model.spec, prompt, layer, grid_budget, max_new_tokens))
-    bar.empty()
+    # The engine attacks every budget of the grid in one batch, so there are no steps
+    # to count; a spinner shows while it runs.
+    with st.spinner(f"Attacking at {len(BUDGET_GRID)} budgets in one batch…"):
+        attacks = state.budget_curve(model.spec, prompt, layer, max_new_tokens)
 
     points = curve_points(attacks)
     st.markdown(flip_sentence(points, clean["verdict"]))
@@ -338,10 +336,9 @@ def positions_figure(positions: dict, layer) -> go.Figure:
     return figure
 
 
-def render_positions(model: AuditModel, prompt: str, layer: str, budget: float) -> None:
+def render_positions(model: AuditModel, prompt: str, layer: str, budget: float, max_new_tokens: int) -> None:
     st.subheader("Where the delta acts")
-    with st.spinner("Rerunning the attack to measure the delta at each position…"):
-        positions = state.positions(model.spec, prompt, layer, budget)
+    positions = state.positions(model.spec, prompt, layer, budget, max_new_tokens)
     strongest = max(range(len(positions["pgd"])), key=lambda i: positions["pgd"][i])
     st.caption(
         f"The PGD delta is largest at position {strongest} ({positions['tokens'][strongest]!r}). "
@@ -426,6 +423,6 @@ if result is not None:
         report_failure(error, "the budget curve")
     st.divider()
     try:
-        render_positions(model, prompt, result["layer"], result["budget"])
+        render_positions(model, prompt, result["layer"], result["budget"], max_new_tokens)
     except Exception as error:  # noqa: BLE001
         report_failure(error, "the delta positions")
