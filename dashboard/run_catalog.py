@@ -1,7 +1,7 @@
 """The run folders the Runs page lists, compares and deletes, read from disk without a model.
 
-Every function here reads ``config.json`` and parquet files only, so listing a hundred
-runs takes well under a second. The shipped runs in ``assets/runs/`` are listed too,
+Every function here reads ``config.json`` and parquet files only; the list itself reads
+no parquet file at all. The shipped runs in ``assets/runs/`` are listed too,
 but :func:`delete_run` never removes them, nor anything outside the runs root.
 """
 
@@ -40,9 +40,9 @@ COMPARE_COLUMNS = [
 class RunInfo:
     """One run folder as the Runs page lists it.
 
-    ``kind`` is sweep, audit or imported (from ``config.json``); ``state`` is complete,
-    partial (interrupted or still being written) or running (a job of this server
-    writes it). ``shipped`` runs come with the package and are read-only.
+    ``kind`` is sweep, audit or imported, from ``config.json``. ``state`` is complete,
+    partial (interrupted, or written by another process) or running (a job of this
+    server writes it). ``shipped`` runs come with the package and are read-only.
     """
 
     path: Path
@@ -240,7 +240,7 @@ def compare_figure(table: pd.DataFrame) -> go.Figure:
     )
     for index, (run, rows) in enumerate(table.groupby("run", sort=False)):
         colour = MODEL_COLOURS[index % len(MODEL_COLOURS)]
-        labels = [f"{model}" for model in rows["model"]]
+        labels = [str(model) for model in rows["model"]]
         figure.add_trace(
             go.Bar(
                 x=labels,
@@ -249,7 +249,9 @@ def compare_figure(table: pd.DataFrame) -> go.Figure:
                 legendgroup=run,
                 marker_color=colour,
                 text=[f"layer {layer}, b={budget:g}" if layer else "" for layer, budget in zip(rows["peak layer"], rows["peak budget"])],
-                textposition="outside",
+                # Inside the bar, so the label never collides with the error bar above it.
+                textposition="inside",
+                insidetextanchor="start",
                 error_y={
                     "type": "data", "symmetric": False,
                     "array": rows["CI high"] - rows["peak median LVS"],
@@ -281,6 +283,7 @@ def compare_figure(table: pd.DataFrame) -> go.Figure:
     figure.update_xaxes(title_text="model", type="category", row=1, col=2)
     figure.update_layout(
         barmode="group", legend_title_text="run", height=460,
+        uniformtext={"minsize": 9, "mode": "hide"},
         margin={"l": 10, "r": 10, "t": 60, "b": 10},
     )
     return figure

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from browser_support import ARTIFACTS, EXCEPTION, open_home, open_page, screenshot
+from browser_support import ARTIFACTS, CHART, EXCEPTION, open_home, open_page, screenshot
 
 pytestmark = pytest.mark.browser
 
@@ -40,7 +40,11 @@ def test_sweep_from_runs_page_reaches_100(page, served_app, browser, tmp_path):
     fill(form, "Max new tokens", "2")
     fill(form, "Run name", "browser-sweep")
     form.get_by_role("button", name="Start sweep").click()
+    page.locator(PROGRESS, has_text="browser-sweep").wait_for()
 
+    # The job runs in the server, so leaving the page and coming back does not stop it.
+    open_page(page, "Overview")
+    open_page(page, "Runs")
     page.locator(PROGRESS, has_text="100%").wait_for()
     page.get_by_text("Run 'browser-sweep' finished").wait_for()
     assert page.locator(EXCEPTION).count() == 0
@@ -83,6 +87,16 @@ def test_sweep_from_runs_page_reaches_100(page, served_app, browser, tmp_path):
         assert page_errors == []
     finally:
         context.close()
+
+    # The new run next to the shipped demo run.
+    page.get_by_role("tab", name="Compare").click()
+    page.locator('[data-testid="stMultiSelect"]', has_text="Runs to compare").click()
+    page.get_by_role("option", name="browser-sweep").click()
+    page.keyboard.press("Escape")
+    page.locator(f"{CHART} .legendtext", has_text="browser-sweep").wait_for()
+    page.locator(f"{CHART} .main-svg").first.wait_for()
+    assert page.locator(EXCEPTION).count() == 0
+    screenshot(page, "runs-compare.png")
 
 
 def test_bad_run_name_shows_one_error(page, served_app):

@@ -192,8 +192,12 @@ def _audit_form(specs: list[str], selected: str, root: Path) -> None:
         model = left.selectbox("Audited model", specs, index=specs.index(selected) if selected in specs else 0, key="audit_model")
         steer_layer = right.text_input("Steering layer", "", key="audit_steer_layer",
                                        help="Empty: the model's trained nudge layer, else the middle block.")
-        safe_twin = left.selectbox("Safe twin (probe reference)", [NO_TWIN, *specs], key="audit_safe_twin")
-        harmful_twin = right.selectbox("Harmful twin (steering direction)", [NO_TWIN, *specs], key="audit_harmful_twin")
+        twin_options = [NO_TWIN, *specs]
+        # The demo zoo's twins, as in its shipped audits, when the list offers them.
+        safe_twin = left.selectbox("Safe twin (probe reference)", twin_options, key="audit_safe_twin",
+                                   index=twin_options.index("demo:safe") if "demo:safe" in specs else 0)
+        harmful_twin = right.selectbox("Harmful twin (steering direction)", twin_options, key="audit_harmful_twin",
+                                       index=twin_options.index("demo:harmful") if "demo:harmful" in specs else 0)
         layers = left.text_input("Layers", "all", key="audit_layers", help="Layers of the LVS profile and of patching.")
         budget = right.text_input("Budget", "0.1", key="audit_budget", help="L∞ budget of the LVS profile, a fraction of max|h|.")
         prompts = left.text_input("Harmful prompts", state.prompt_source(), key="audit_prompts")
