@@ -133,3 +133,22 @@ def test_start_at_layer_skips_lower_blocks(arch_model):
     continuation_logprob(model, batch, "Sure here")
     handles[0].remove()
     assert calls == [0]
+
+
+def test_out_of_memory_halves_the_chunk(llama_model, engine_rows):
+    # A real forward hook that fails like an exhausted device on any pass wider than 3
+    # rows: the engine must halve its chunks until they fit, and give the same rows.
+    def refuse_wide_batches(activation, hook):
+        if activation.shape[0] > 3:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated by a test hook)")
+
+    batch = build_batch(llama_model, list(PROMPTS))
+    clean = clean_reference(llama_model, batch, CONFIG, MarginScorer(), MAX_NEW_TOKENS)
+    with llama_model.bridge.hooks(fwd_hooks=[("blocks.0.hook_out", refuse_wide_batches)]):
+        rows = attack_cells(llama_model, batch, CELLS, clean, CONFIG, MarginScorer(), MAX_NEW_TOKENS, max_rows=12, keep_deltas=True)
+    assert len(rows) == len(engine_rows)
+    for row, reference in zip(rows, engine_rows):
+        assert (row["layer"], row["budget"], row["attack"], row["batch_index"]) == (
+            reference["layer"], reference["budget"], reference["attack"], reference["batch_index"])
+        assert row["perturbed_text"] == reference["perturbed_text"]
+        torch.testing.assert_close(row["delta"], reference["delta"], atol=1e-5 * reference["eps"], rtol=0)
