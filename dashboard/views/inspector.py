@@ -104,6 +104,7 @@ show_table(
     column_config={
         "prompt_id": st.column_config.TextColumn("id", width="small"),
         "prompt": st.column_config.TextColumn(width="large"),
+        "flips at": st.column_config.TextColumn(width="medium"),
         "max LVS": st.column_config.NumberColumn(format="%.3f"),
         "median LVS": st.column_config.NumberColumn(format="%.3f"),
         "smallest flip budget": st.column_config.NumberColumn(format="%g"),
@@ -138,11 +139,11 @@ layers = run.layers
 budgets = run.budgets
 map_column, detail_column = st.columns([1, 1])
 with map_column:
-    top = run.cells.loc[run.cells["model"] == model, "lvs"].max()
+    top = row["max LVS"]
     figure = prompt_flips.prompt_heatmap(run.cells, model, prompt_id, layers, budgets,
                                          float(top) if pd.notna(top) and top > 0 else 1.0, norm)
     show_chart(figure, f"prompt-{prompt_id}-{model}-lvs", "prompt_heatmap")
-    st.caption("One colour scale for every prompt of this model, from 0 to its highest LVS.")
+    st.caption("The colour scale runs from 0 to this prompt's highest LVS; the numbers compare across prompts.")
 
 with detail_column:
     layer_column, budget_column = st.columns(2)

@@ -134,8 +134,8 @@ if missing:
     commands = "\n".join(audit_gap.audit_command(specs[model], model) for model in missing)
     st.info(
         f"No audit found for {', '.join(missing)}, so steering and fine-tuning are missing. "
-        "Write one with the command below (add --twin harmful=SPEC for a steering direction from a "
-        "harmful twin); the Overview finds audits in the runs folder by model spec."
+        "Write one with the command below, adding --twin harmful=SPEC for a steering direction from a "
+        "harmful twin. The Overview finds audits in the runs folder by model spec."
     )
     st.code(commands, language="bash")
 
