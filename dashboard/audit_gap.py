@@ -95,6 +95,8 @@ def run_model_specs(run: Run) -> dict[str, str]:
     for entry in run.config.get("models", []):
         if isinstance(entry, dict) and "name" in entry:
             specs[str(entry["name"])] = str(entry.get("spec") or entry["name"])
+        elif isinstance(entry, str):
+            specs[entry] = entry
     return {model: specs.get(model, model) for model in run.models}
 
 

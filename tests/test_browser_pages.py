@@ -1,7 +1,7 @@
 """End-to-end tests of the Overview, LVS heatmaps (ASR and profiles), Prompt inspector and Interventions pages in headless Chromium.
 
 The session server (see ``browser_support``) opens the tiny test sweep first and lists
-runs from an empty folder, so the pages are checked on it and then on the shipped demo
+runs from an empty folder. The pages are checked on that sweep, then on the shipped demo
 run and demo audits, picked in the page as a user would.
 """
 
