@@ -1,6 +1,6 @@
 """The Overview, Prompt inspector and heatmap additions: pure chart and table functions, then the pages in AppTest.
 
-The pure functions run on hand-built frames with known answers and on the shipped demo
+The pure functions run on hand-built frames with known results and on the shipped demo
 sweep and audits, whose numbers the README states. The pages run on the same demo run
 (the default run when ``LVS_AUDIT_RUN_DIR`` is unset), on the tiny test sweep of
 ``conftest_dashboard``, and on an imported run (a summary without cells).
@@ -102,7 +102,7 @@ def small_run() -> "load_run":
 def write_imported_run(folder, source_summary: pd.DataFrame, models: list[dict]):
     """Write an imported run: ``config.json`` of kind imported and a summary with no n and no LVS CI.
 
-    While ``load_run`` still asks for ``cells.parquet``, the folder gets an empty one, so
+    While ``load_run`` still requires ``cells.parquet``, the folder gets an empty one, so
     the pages see the same empty cells frame either way.
     """
     folder.mkdir(parents=True)
