@@ -68,6 +68,8 @@ if run.summary.empty or not run.models:
     st.stop()
 
 # The audits of the run's models, matched by model spec.
+# NOTE: an imported run's own steering.parquet is not read here yet, so its steering
+# columns stay empty unless an audit of the same spec exists.
 specs = audit_gap.run_model_specs(run)
 with st.spinner("Looking for audits of the run's models…"):
     audits = audit_gap.find_audits([state.runs_root(), SHIPPED_RUNS])
