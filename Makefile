@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-fast zoo demo-run
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-ray.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet -r requirements.txt -r requirements-ray.txt
 	$(VENV)/bin/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

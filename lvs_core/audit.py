@@ -40,6 +40,7 @@ from lvs_core.attack import AttackConfig, validate_budget
 from lvs_core.behaviour import behaviour_rates
 from lvs_core.directions import check_twin, refusal_direction, twin_direction
 from lvs_core.errors import AuditInputError
+from lvs_core.executors import ExecutorConfig, Task, ensure_models_fit, open_pool
 from lvs_core.finetune import GENERIC_COMPLIANCE, finetune_curve, load_finetune_records, steps_to_break
 from lvs_core.metrics import summarize
 from lvs_core.models import ASSETS_DIR, AuditModel, layer_label, load_model, parse_layer, parse_layers, resolve_model_path
@@ -285,25 +286,72 @@ class Auditor:
         return frame
 
 
+class AuditWorker:
+    """The audit's parts on one device: the model and its twins are loaded once, on first use."""
+
+    def __init__(self, config: AuditConfig, device: str = "", n_devices: int = 1):
+        self.config = config
+        self.device = device or None
+        self.n_devices = n_devices
+        self.auditor: Auditor | None = None
+
+    def _auditor(self) -> Auditor:
+        if self.auditor is None:
+            model = load_model(self.config.model, device=self.device, n_devices=self.n_devices)
+            twins = {role: load_model(spec, device=self.device, n_devices=self.n_devices) for role, spec in self.config.twins}
+            for twin in twins.values():
+                check_twin(model, twin)
+            self.auditor = Auditor(self.config, model, twins)
+        return self.auditor
+
+    def prepare(self) -> dict:
+        """Load the models and return what the driver needs: the model's name and shape and the steering layer."""
+        auditor = self._auditor()
+        model = auditor.model
+        parse_layers(self.config.layers, model.n_layers)
+        return {
+            "spec": model.spec, "name": model.short_name(), "n_layers": model.n_layers, "d_model": model.d_model,
+            "n_params": model.n_params, "nudge_layer": (model.nudge or {}).get("layer"),
+            "twins": {role: twin.spec for role, twin in auditor.twins.items()},
+            "steer_layer": auditor.steer_layer,
+        }
+
+    def run_part(self, step: str, args: tuple) -> pd.DataFrame:
+        """Compute one part: the :class:`Auditor` method ``step`` called with ``args``."""
+        return getattr(self._auditor(), step)(*args)
+
+
 def run_audit(
     config: AuditConfig,
     out_dir: str | Path,
     overwrite: bool = False,
     resume: bool = False,
     progress: ProgressFn | None = None,
+    execution: ExecutorConfig | None = None,
 ) -> Path:
-    """Run every audit step of ``config`` into ``out_dir`` and return the folder."""
+    """Run every audit step of ``config`` into ``out_dir`` and return the folder.
+
+    ``execution`` chooses where the parts run (:mod:`lvs_core.executors`, default in
+    this process); each worker loads the model and its twins once.
+    """
     config.validate()
+    execution = execution or ExecutorConfig()
+    execution.validate()
     out_dir = Path(out_dir)
     if out_dir.exists() and not (overwrite or resume):
         RunStore(out_dir, {}, overwrite=False, resume=False)
-    device = config.device or None
-    model = load_model(config.model, device=device)
-    twins = {role: load_model(spec, device=device) for role, spec in config.twins}
-    for twin in twins.values():
-        check_twin(model, twin)
-    layers = parse_layers(config.layers, model.n_layers)
-    auditor = Auditor(config, model, twins)
+    pool = open_pool(AuditWorker, {"config": config}, execution, config.device)
+    try:
+        return _drive_audit(config, out_dir, overwrite, resume, progress, pool, execution)
+    finally:
+        pool.close()
+
+
+def _drive_audit(config, out_dir, overwrite, resume, progress, pool, execution) -> Path:
+    """Load the models on every worker, then hand out the parts not yet written and write each as it arrives."""
+    ensure_models_fit(pool, [config.model, *(spec for _, spec in config.twins)])
+    info = pool.broadcast("prepare")[0]
+    layers = parse_layers(config.layers, info["n_layers"])
     store = RunStore(out_dir, asdict(config), overwrite=overwrite, resume=resume)
     if store.is_complete("audit"):
         logger.warning("audit %s is already complete; nothing to resume", out_dir)
@@ -311,33 +359,50 @@ def run_audit(
     store.start({
         "kind": "lvs-audit", "version": lvs_core.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": platform.machine(),
-        "models": [{"spec": model.spec, "name": model.short_name(), "n_layers": model.n_layers, "d_model": model.d_model,
-                    "n_params": model.n_params, "nudge_layer": (model.nudge or {}).get("layer")}],
-        "twins": {role: twin.spec for role, twin in twins.items()},
+        "models": [{key: info[key] for key in ("spec", "name", "n_layers", "d_model", "n_params", "nudge_layer")}],
+        "twins": info["twins"],
+        "execution": {"executor": execution.executor, "workers": pool.size, "n_devices": execution.n_devices},
     })
 
-    plan: list[tuple[str, str, Callable[[], pd.DataFrame]]] = []
+    # Each part: (table, key, Auditor method, its arguments).
+    plan: list[tuple[str, str, str, tuple]] = []
     if "behaviour" in config.steps:
-        plan.append(("behaviour", "all", auditor.behaviour))
+        plan.append(("behaviour", "all", "behaviour", ()))
     if "probe" in config.steps:
-        plan.append(("probe", "all", auditor.probe))
+        plan.append(("probe", "all", "probe", ()))
     if "lvs" in config.steps:
-        plan += [("cells", part_key(i, layer_label(layer)), (lambda layer=layer: auditor.lvs_cells(layer))) for i, layer in enumerate(layers)]
+        plan += [("cells", part_key(i, layer_label(layer)), "lvs_cells", (layer,)) for i, layer in enumerate(layers)]
     if "steering" in config.steps:
-        plan.append(("steering", "all", auditor.steering))
+        plan.append(("steering", "all", "steering", ()))
     if "finetune" in config.steps:
-        plan += [("finetune", f"seed-{seed}", (lambda seed=seed: auditor.finetune(seed))) for seed in config.seeds]
+        plan += [("finetune", f"seed-{seed}", "finetune", (seed,)) for seed in config.seeds]
     if "patching" in config.steps:
-        plan.append(("patching", "all", auditor.patching))
+        plan.append(("patching", "all", "patching", ()))
 
     started = time.monotonic()
     if progress is not None and plan:
         progress(0, len(plan), plan[0][0])
-    for done, (table, key, compute) in enumerate(plan, start=1):
+    done = 0
+    tasks = []
+    for table, key, step, args in plan:
         if not store.has(table, key):
-            store.put(table, key, compute())
+            tasks.append(Task((table, key), "run_part", (step, args)))
+            continue
+        done += 1
         if progress is not None:
             progress(done, len(plan), f"{table} {key}")
+
+    def write(task: Task, frame: pd.DataFrame) -> None:
+        nonlocal done
+        table, key = task.key
+        if store.has(table, key):
+            return
+        store.put(table, key, frame)
+        done += 1
+        if progress is not None:
+            progress(done, len(plan), f"{table} {key}")
+
+    pool.run(tasks, write)
 
     tables = {name: store.table(name) for name in ("behaviour", "probe", "cells", "steering", "finetune", "patching")}
     tables = {name: frame for name, frame in tables.items() if not frame.empty}
@@ -347,13 +412,13 @@ def run_audit(
         cells = cells.assign(_order=cells["layer"].map(order)).sort_values(["_order", "attack"], kind="stable").drop(columns="_order")
         tables["cells"] = cells.reset_index(drop=True)
         tables["summary"] = summarize(tables["cells"], seed=config.attack.seed)
-    tables["audit"] = audit_row(model, config, tables, auditor.steer_layer)
+    tables["audit"] = audit_row(info, config, tables, info["steer_layer"])
     return store.finish(tables, {"elapsed_s": round(time.monotonic() - started, 1)})
 
 
-def audit_row(model: AuditModel, config: AuditConfig, tables: dict[str, pd.DataFrame], steer_layer) -> pd.DataFrame:
-    """Collapse the audit tables into the one-row summary of the model."""
-    row: dict = {"model": model.short_name(), "spec": model.spec, "budget": config.budget, "steer_layer": layer_label(steer_layer)}
+def audit_row(model: dict, config: AuditConfig, tables: dict[str, pd.DataFrame], steer_layer) -> pd.DataFrame:
+    """Collapse the audit tables into the one-row summary of the model (``model`` holds its ``name`` and ``spec``)."""
+    row: dict = {"model": model["name"], "spec": model["spec"], "budget": config.budget, "steer_layer": layer_label(steer_layer)}
     if "behaviour" in tables:
         row.update(tables["behaviour"].iloc[0].to_dict())
     if "probe" in tables:

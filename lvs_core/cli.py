@@ -72,6 +72,27 @@ def _add_sweep_parser(subparsers) -> None:
     sweep.add_argument("--out", default=None, help="run folder to write (default: runs/sweep-TIMESTAMP)")
     sweep.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted run in --out with the same settings")
+    _add_executor_arguments(sweep)
+
+
+def _add_executor_arguments(parser) -> None:
+    parser.add_argument("--executor", default="local", choices=("local", "ray"),
+                        help="local: run in this process (default); ray: fan the work out to Ray actors")
+    parser.add_argument("--address", default="",
+                        help="Ray head address HOST:PORT (printed by 'ray start --head'), ray://HOST:PORT or auto "
+                        "(default: start a local Ray cluster)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="Ray actors to start (default: 0, one per --n-devices GPUs, or one per CPU without GPUs)")
+    parser.add_argument("--n-devices", type=int, default=1,
+                        help="CUDA devices to split each model over, for models too large for one GPU (default: 1)")
+
+
+def _execution(args: argparse.Namespace):
+    from lvs_core.executors import ExecutorConfig
+
+    settings = ExecutorConfig(executor=args.executor, address=args.address, workers=args.workers, n_devices=args.n_devices)
+    settings.validate()
+    return settings
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -98,7 +119,8 @@ def _sweep(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
     progress = ProgressBar("sweep", "cell")
     try:
-        path = run_sweep(config, out, overwrite=args.overwrite, progress=progress, resume=args.resume)
+        path = run_sweep(config, out, overwrite=args.overwrite, progress=progress, resume=args.resume,
+                         execution=_execution(args))
     finally:
         progress.close()
     run = load_run(path)
@@ -193,6 +215,7 @@ def _add_audit_parser(subparsers) -> None:
     audit.add_argument("--out", default=None, help="run folder (default: runs/audit-NAME-TIMESTAMP)")
     audit.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     audit.add_argument("--resume", action="store_true", help="continue an interrupted audit in --out")
+    _add_executor_arguments(audit)
 
 
 def _float_list(text: str, option: str) -> tuple[float, ...]:
@@ -240,7 +263,8 @@ def _audit(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / time.strftime(f"audit-{name}-%Y%m%d-%H%M%S")
     progress = ProgressBar("audit", "step")
     try:
-        path = run_audit(config, out, overwrite=args.overwrite, resume=args.resume, progress=progress)
+        path = run_audit(config, out, overwrite=args.overwrite, resume=args.resume, progress=progress,
+                         execution=_execution(args))
     finally:
         progress.close()
     print(format_comparison([path]))

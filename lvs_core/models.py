@@ -397,14 +397,35 @@ def _read_config(folder: str) -> dict:
     return config
 
 
+def _placement(device: str | None, n_devices: int) -> dict:
+    """Return the placement arguments of ``boot_transformers``: one ``device``, or ``n_devices`` GPUs."""
+    if n_devices < 1:
+        raise AuditInputError(f"invalid --n-devices {n_devices}: use 1 or more GPUs per model")
+    if n_devices == 1:
+        return {"device": device or ("cuda" if torch.cuda.is_available() else "cpu")}
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "cpu" or available < n_devices:
+        raise AuditInputError(
+            f"--n-devices {n_devices} splits the model over {n_devices} CUDA devices, but "
+            f"{'--device cpu was given' if device == 'cpu' else f'this machine has {available}'}: "
+            f"use --n-devices {max(1, available)} or run on a node with {n_devices} GPUs"
+        )
+    return {"n_devices": n_devices}
+
+
 def load_model(
     spec: str,
     device: str | None = None,
     dtype: torch.dtype = torch.float32,
     chat_template: str | None = None,
     progress: LoadProgress | None = None,
+    n_devices: int = 1,
 ) -> AuditModel:
     """Load ``spec`` as a ``TransformerBridge`` in eval mode with gradients off.
+
+    ``n_devices`` above 1 splits the blocks over that many CUDA devices (the bridge's
+    ``n_devices`` placement, a balanced accelerate ``device_map``); ``device`` is then
+    ignored and :attr:`AuditModel.device` is the device of the embedding.
 
     ``progress`` is called at the start of each stage (resolving the spec, reading the
     config, loading weights and tokenizer into the bridge, checking the chat template)
@@ -437,10 +458,10 @@ def load_model(
     else:
         report("downloading and loading weights and tokenizer", 0.2)
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    logger.info("loading %s from %s on %s", spec, name_or_path, device)
+    placement = _placement(device, n_devices)
+    logger.info("loading %s from %s on %s", spec, name_or_path, placement)
     try:
-        bridge = TransformerBridge.boot_transformers(name_or_path, device=device, dtype=dtype)
+        bridge = TransformerBridge.boot_transformers(name_or_path, dtype=dtype, **placement)
     except OSError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise AuditInputError(

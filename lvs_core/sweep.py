@@ -21,10 +21,11 @@ import lvs_core
 from lvs_core.attack import AttackConfig, validate_budget
 from lvs_core.engine import ATTACKS, CleanReference, attack_cells, auto_chunk_rows, clean_reference, take_rows
 from lvs_core.errors import AuditInputError
+from lvs_core.executors import ExecutorConfig, LocalPool, Task, ensure_models_fit, open_pool
 from lvs_core.generation import DEFAULT_MAX_NEW_TOKENS
 from lvs_core.metrics import summarize
 from lvs_core.models import AuditModel, layer_label, layer_sort_key, load_model, parse_layers, resolve_model_path
-from lvs_core.prompts import build_batch, load_prompt_records
+from lvs_core.prompts import PromptBatch, build_batch, load_prompt_records
 from lvs_core.runs import CELL_COLUMNS, RunStore, part_key
 from lvs_core.scoring import make_scorer
 
@@ -98,31 +99,53 @@ def run_sweep(
     progress: ProgressFn | None = None,
     models: dict[str, AuditModel] | None = None,
     resume: bool = False,
+    execution: ExecutorConfig | None = None,
 ) -> Path:
     """Run the sweep and write its run folder; return the folder.
 
     ``progress(done, total, label)`` is called after each (model, layer, budget) cell,
     including cells found already written when resuming. ``models`` may hold already
-    loaded models by spec, which are then reused.
+    loaded models by spec, which the local executor then reuses. ``execution`` chooses
+    where the cells run (:mod:`lvs_core.executors`, default in this process). It is not
+    part of the run's settings, so a run may resume under another executor.
     """
     config.validate()
+    execution = execution or ExecutorConfig()
+    execution.validate()
     out_dir = Path(out_dir)
     if out_dir.exists() and not (overwrite or resume):
         RunStore(out_dir, {}, overwrite=False, resume=False)
     records = load_prompt_records(config.prompts)
     if config.max_prompts:
         records = records[: config.max_prompts]
-    scorer = make_scorer(config.scorer, device=config.device or "cpu")
-    loaded = dict(models or {})
 
-    # Load every model and check its layers and prompts before the first cell runs.
-    plans = []
-    prompts = [str(record["prompt"]) for record in records]
-    for spec in config.models:
-        model = loaded.get(spec) or load_model(spec, device=config.device or None)
-        loaded[spec] = model
-        layers = parse_layers(config.layers, model.n_layers)
-        plans.append((spec, model, layers, build_batch(model, prompts)))
+    worker_settings = {"config": config, "records": records}
+    if execution.executor == "local":
+        # NOTE: loaded models live in this process, so only the local executor can reuse them.
+        worker_settings.update(models=dict(models or {}), keep_models=True)
+    else:
+        worker_settings.update(keep_models=False)
+    pool = open_pool(SweepWorker, worker_settings, execution, config.device)
+    try:
+        return _drive_sweep(config, out_dir, overwrite, resume, progress, records, pool, execution)
+    finally:
+        pool.close()
+
+
+def _drive_sweep(config, out_dir, overwrite, resume, progress, records, pool, execution) -> Path:
+    """Load every model on every worker, then hand out the pending cells and write each one as it arrives."""
+    # Every worker loads every model and checks its layers before the first cell runs.
+    # Loading in reverse order leaves the first model in place on a worker that keeps
+    # only one (a Ray actor).
+    # NOTE: on Ray, a sweep of N models therefore loads each model but the first
+    # twice per actor; a single-model sweep loads it once.
+    preloaded = pool.worker.models if isinstance(pool, LocalPool) else {}
+    ensure_models_fit(pool, [spec for spec in config.models if spec not in preloaded])
+    infos: dict[str, dict] = {}
+    for spec in reversed(config.models):
+        answers = pool.broadcast("prepare", spec)
+        infos[spec] = {**answers[0], "chunk_rows": min(answer["chunk_rows"] for answer in answers)}
+    layers_of = {spec: parse_layers(config.layers, infos[spec]["n_layers"]) for spec in config.models}
 
     settings = {**asdict(config), "models": list(config.models), "budgets": list(config.budgets)}
     store = RunStore(out_dir, settings, overwrite=overwrite, resume=resume)
@@ -130,50 +153,134 @@ def run_sweep(
         logger.warning("run %s is already complete; nothing to resume", out_dir)
         return out_dir
     model_info = [
-        {"spec": spec, "name": model.short_name(), "n_layers": model.n_layers, "d_model": model.d_model,
-         "n_params": model.n_params, "nudge_layer": (model.nudge or {}).get("layer")}
-        for spec, model, _, _ in plans
+        {key: infos[spec][key] for key in ("spec", "name", "n_layers", "d_model", "n_params", "nudge_layer")}
+        for spec in config.models
     ]
     store.start(
         {"kind": "lvs-sweep", "version": lvs_core.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-         "machine": platform.machine(), "models": model_info, "n_prompts": len(records), "attacks": list(ATTACKS)}
+         "machine": platform.machine(), "models": model_info, "n_prompts": len(records), "attacks": list(ATTACKS),
+         "execution": {"executor": execution.executor, "workers": pool.size, "n_devices": execution.n_devices}}
     )
 
-    total = sum(len(layers) * len(config.budgets) for _, _, layers, _ in plans)
-    done = 0
-    if progress is not None:
-        progress(0, total, "clean generations")
-    started = time.monotonic()
-    for model_index, (spec, model, layers, batch) in enumerate(plans):
-        name = model.short_name()
-        logger.info("sweeping %s: %d layers x %d budgets x %d prompts", spec, len(layers), len(config.budgets), len(records))
-        cells = [(layer, budget) for layer in layers for budget in config.budgets]
+    total = sum(len(layers) * len(config.budgets) for layers in layers_of.values())
+    tasks = []
+    for model_index, spec in enumerate(config.models):
+        name = infos[spec]["name"]
+        cells = [(layer, budget) for layer in layers_of[spec] for budget in config.budgets]
         pending = [cell for cell in cells if not store.has("cells", _cell_key(model_index, name, cell))]
-        done += len(cells) - len(pending)
-        if not pending:
-            continue
-        chunk_rows = config.batch_size or auto_chunk_rows(model, batch.input_ids.shape[1], 8)
-        clean = _clean_in_chunks(model, batch, config, scorer, chunk_rows)
-        # A group of cells fills about one chunk of rows, and is written before the next
-        # starts, so progress moves and a crash loses at most one group.
-        group_size = max(1, chunk_rows // max(len(batch), 1))
-        for start in range(0, len(pending), group_size):
-            group = pending[start : start + group_size]
-            rows = attack_cells(model, batch, group, clean, config.attack, scorer, config.max_new_tokens, max_rows=chunk_rows)
-            per_cell = len(ATTACKS) * len(batch)
-            for index, cell in enumerate(group):
-                cell_rows = rows[index * per_cell : (index + 1) * per_cell]
-                store.put("cells", _cell_key(model_index, name, cell), _cell_frame(cell_rows, name, model_index, records))
-                done += 1
-                if progress is not None:
-                    progress(done, total, f"{name} layer {layer_label(cell[0])} budget {cell[1]:g}")
+        logger.info("sweeping %s: %d layers x %d budgets x %d prompts, %d cells pending",
+                    spec, len(layers_of[spec]), len(config.budgets), len(records), len(pending))
+        tasks += [Task((model_index, name, tuple(group)), "run_cells", (spec, tuple(group)))
+                  for group in _cell_groups(pending, infos[spec]["chunk_rows"], len(records), pool.size)]
 
+    done = total - sum(len(task.key[2]) for task in tasks)
+    if progress is not None:
+        progress(done, total, "clean generations")
+    started = time.monotonic()
+
+    def write(task: Task, frames: list[pd.DataFrame]) -> None:
+        nonlocal done
+        model_index, name, group = task.key
+        for cell, frame in zip(group, frames):
+            key = _cell_key(model_index, name, cell)
+            # A unit retried after its worker died may still have finished on it; write its cells once.
+            if store.has("cells", key):
+                continue
+            store.put("cells", key, frame.assign(model_order=model_index))
+            done += 1
+            if progress is not None:
+                progress(done, total, f"{name} layer {layer_label(cell[0])} budget {cell[1]:g}")
+
+    pool.run(tasks, write)
     cells = _ordered(store.table("cells"))
     summary = summarize(cells, seed=config.attack.seed)
     return store.finish(
         {"cells": cells, "summary": summary},
         {"elapsed_s": round(time.monotonic() - started, 1)},
     )
+
+
+def _cell_groups(pending: list, chunk_rows: int, n_prompts: int, n_workers: int) -> list[list]:
+    """Split pending cells into units of work.
+
+    A unit fills about one chunk of rows and is written before the next starts, so
+    progress moves and a crash loses at most one unit per worker. With several workers a
+    unit is also small enough that every worker gets one.
+    """
+    size = max(1, chunk_rows // max(n_prompts, 1))
+    if n_workers > 1:
+        size = min(size, max(1, -(-len(pending) // n_workers)))
+    return [pending[start : start + size] for start in range(0, len(pending), size)]
+
+
+class SweepWorker:
+    """The cells of a sweep on one device: each model is loaded once, with its prompt batch and clean reference.
+
+    ``keep_models`` keeps every model loaded (the local executor); otherwise loading a
+    model drops the previous one, so a worker holds one model's memory at a time.
+    """
+
+    def __init__(
+        self,
+        config: SweepConfig,
+        records: list[dict],
+        device: str = "",
+        n_devices: int = 1,
+        models: dict[str, AuditModel] | None = None,
+        keep_models: bool = True,
+    ):
+        self.config = config
+        self.records = records
+        self.device = device or None
+        self.n_devices = n_devices
+        self.keep_models = keep_models
+        self.prompts = [str(record["prompt"]) for record in records]
+        self.scorer = make_scorer(config.scorer, device=config.device or "cpu")
+        self.models: dict[str, AuditModel] = dict(models or {})
+        self.batches: dict[str, PromptBatch] = {}
+        self.cleans: dict[str, CleanReference] = {}
+        self.chunk_rows: dict[str, int] = {}
+
+    def _model(self, spec: str) -> AuditModel:
+        if spec not in self.models:
+            if not self.keep_models:
+                self.models.clear()
+                self.batches.clear()
+                self.cleans.clear()
+                self.chunk_rows.clear()
+            self.models[spec] = load_model(spec, device=self.device, n_devices=self.n_devices)
+        model = self.models[spec]
+        if spec not in self.batches:
+            self.batches[spec] = build_batch(model, self.prompts)
+            width = self.batches[spec].input_ids.shape[1]
+            self.chunk_rows[spec] = self.config.batch_size or auto_chunk_rows(model, width, 8)
+        return model
+
+    def prepare(self, spec: str) -> dict:
+        """Load ``spec`` and return what the driver needs of it: name, shape, parameters, nudge and chunk size."""
+        model = self._model(spec)
+        parse_layers(self.config.layers, model.n_layers)
+        return {
+            "spec": spec, "name": model.short_name(), "n_layers": model.n_layers, "d_model": model.d_model,
+            "n_params": model.n_params, "nudge_layer": (model.nudge or {}).get("layer"),
+            "chunk_rows": self.chunk_rows[spec],
+        }
+
+    def run_cells(self, spec: str, cells: tuple) -> list[pd.DataFrame]:
+        """Attack every prompt in each cell of ``cells``; return one frame of rows per cell."""
+        model = self._model(spec)
+        batch = self.batches[spec]
+        chunk_rows = self.chunk_rows[spec]
+        if spec not in self.cleans:
+            self.cleans[spec] = _clean_in_chunks(model, batch, self.config, self.scorer, chunk_rows)
+        rows = attack_cells(model, batch, list(cells), self.cleans[spec], self.config.attack, self.scorer,
+                            self.config.max_new_tokens, max_rows=chunk_rows)
+        per_cell = len(ATTACKS) * len(batch)
+        name = model.short_name()
+        return [
+            _cell_frame(rows[index * per_cell : (index + 1) * per_cell], name, self.records)
+            for index in range(len(cells))
+        ]
 
 
 def _cell_key(model_index: int, name: str, cell: tuple) -> str:
@@ -196,7 +303,8 @@ def _clean_in_chunks(model: AuditModel, batch, config: SweepConfig, scorer, chun
     )
 
 
-def _cell_frame(rows: list[dict], name: str, model_index: int, records: list[dict]) -> pd.DataFrame:
+def _cell_frame(rows: list[dict], name: str, records: list[dict]) -> pd.DataFrame:
+    """Return the rows of one cell with their prompt's id and category and the sort keys but the model's."""
     for row in rows:
         index = row.pop("batch_index")
         record = records[index]
@@ -204,7 +312,6 @@ def _cell_frame(rows: list[dict], name: str, model_index: int, records: list[dic
             model=name,
             prompt_id=str(record.get("id", index)),
             category=str(record.get("category", "")),
-            model_order=model_index,
             layer_order=layer_sort_key(row["layer"]),
             attack_order=ATTACKS.index(row["attack"]),
             prompt_order=index,
