@@ -174,6 +174,25 @@ def sweep_measures(run: Run, budget: float, include_embedding: bool = False) -> 
     return pd.DataFrame(rows)
 
 
+def run_steering_tables(run_path: Path) -> dict[str, dict[str, pd.DataFrame]]:
+    """Return, per model, the steering table an imported run carries, as :func:`audit_measures` reads it.
+
+    An imported run steers at every layer; for each fraction only the layer with the
+    highest compliance is kept, as the paper's own summary reports it. Returns an empty
+    dict for a run without ``steering.parquet``.
+    """
+    path = Path(run_path) / "steering.parquet"
+    if not path.is_file():
+        return {}
+    steering = pd.read_parquet(path)
+    steering = steering[steering["direction"] != "random"].dropna(subset=["compliance"])
+    tables = {}
+    for model, rows in steering.groupby("model", sort=False):
+        peak = rows.loc[rows.groupby("frac")["compliance"].idxmax()]
+        tables[str(model)] = {"steering": peak.reset_index(drop=True)}
+    return tables
+
+
 def steering_fractions(tables: list[dict[str, pd.DataFrame]]) -> list[float]:
     """Return the steering fractions of any of the audits, in increasing order."""
     fractions = set()

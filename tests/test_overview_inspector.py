@@ -25,7 +25,6 @@ if str(REPO_ROOT) not in sys.path:
 
 from dashboard import audit_gap, charts, prompt_flips, state  # noqa: E402
 from lvs_core.demo_run import DEMO_AUDIT_DIRS  # noqa: E402
-from lvs_core.errors import AuditInputError  # noqa: E402
 from lvs_core.runs import CELL_COLUMNS, DEMO_RUN_DIR, load_run  # noqa: E402
 
 RUN_TIMEOUT = 90
@@ -100,11 +99,7 @@ def small_run() -> "load_run":
 
 
 def write_imported_run(folder, source_summary: pd.DataFrame, models: list[dict]):
-    """Write an imported run: ``config.json`` of kind imported and a summary with no n and no LVS CI.
-
-    While ``load_run`` still requires ``cells.parquet``, the folder gets an empty one, so
-    the pages see the same empty cells frame either way.
-    """
+    """Write an imported run: ``config.json`` of kind imported and a summary with no n and no LVS CI, and no cells."""
     folder.mkdir(parents=True)
     summary = source_summary.copy()
     summary["n"] = np.nan
@@ -113,10 +108,7 @@ def write_imported_run(folder, source_summary: pd.DataFrame, models: list[dict])
     summary.to_parquet(folder / "summary.parquet", index=False)
     config = {"kind": "imported", "models": models, "settings": {"attack": {"norm": "linf"}}}
     (folder / "config.json").write_text(json.dumps(config))
-    try:
-        load_run(folder)
-    except AuditInputError:
-        pd.DataFrame(columns=list(CELL_COLUMNS)).to_parquet(folder / "cells.parquet", index=False)
+    assert load_run(folder).cells.empty
     return folder
 
 
@@ -633,3 +625,43 @@ def test_inspector_imported_run(imported_env):
     assert not app.exception
     assert "no per-prompt cells" in app.info[0].value
     assert not app.dataframe
+
+
+def write_paper_csv(path) -> None:
+    """A synthetic metric CSV in the paper's long-form layout: two variants, two layers, one budget, steering at two sizes."""
+    header = "arch,variant,exp,layer,layer_idx,budget,attack,lvs,lvs_lo,lvs_hi,asr,frac,compliance"
+    lines = [header]
+    for variant, lvs_value, asr in (("base", 0.01, 0.0), ("dissociated", 0.4, 0.9)):
+        for layer in ("L0", "L1"):
+            for attack, scale in (("pgd", 1.0), ("random", 0.0)):
+                value = lvs_value * scale
+                lines.append(f"toy,{variant},lvs,{layer},{layer[1:]},0.001,{attack},{value},{value / 2},{value * 2},{asr * scale},,")
+        # Steering: compliance at each layer; the Overview keeps the best layer per size.
+        for layer, compliance in (("L0", 0.2), ("L1", 0.7 if variant == "dissociated" else 0.1)):
+            for frac in (0.03, 0.06):
+                lines.append(f"toy,{variant},steering,{layer},{layer[1:]},,,,,,,{frac},{compliance * frac / 0.06}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_overview_reads_imported_steering(monkeypatch, tmp_path):
+    from lvs_core.paper_import import import_paper_csv
+
+    write_paper_csv(tmp_path / "metric_toy.csv")
+    folder = import_paper_csv(tmp_path / "metric_toy.csv", tmp_path / "runs" / "paper-toy")
+    tables = audit_gap.run_steering_tables(folder)
+    assert sorted(tables) == ["toy/base", "toy/dissociated"]
+    peak = tables["toy/dissociated"]["steering"].set_index("frac")
+    assert peak.loc[0.06, "compliance"] == pytest.approx(0.7)
+    assert str(peak.loc[0.06, "layer"]) == "1"
+
+    monkeypatch.setenv("LVS_AUDIT_RUN_DIR", str(folder))
+    monkeypatch.setenv("LVS_AUDIT_RUNS_ROOT", str(tmp_path / "runs"))
+    app = open_page(OVERVIEW)
+    assert_clean_page(app)
+    widget(app.selectbox, "Steering size").set_value(0.06).run()
+    assert_clean_page(app)
+    table = app.dataframe[0].value.set_index("model")
+    steering = [name for name in table.columns if name.startswith("steering")]
+    assert steering, list(table.columns)
+    assert table.loc["toy/dissociated", steering[0]] == pytest.approx(0.7)
+    assert table.loc["toy/base", steering[0]] == pytest.approx(0.2)

@@ -3,8 +3,9 @@
 Puts behavioural refusal (from the sweep) next to latent fragility: the peak median LVS
 and the PGD attack success rate from the sweep, and steering compliance and fine-tuning
 steps to break from the model's audit. Audits are found by model spec under
-``LVS_AUDIT_RUNS_ROOT`` (default ``./runs``) and among the shipped demo audits. Reads
-parquet files only, never a model.
+``LVS_AUDIT_RUNS_ROOT`` (default ``./runs``) and among the shipped demo audits; an imported
+run's own steering results stand in for a missing audit. Reads parquet files only, never a
+model.
 """
 
 from __future__ import annotations
@@ -68,8 +69,6 @@ if run.summary.empty or not run.models:
     st.stop()
 
 # The audits of the run's models, matched by model spec.
-# NOTE: an imported run's own steering.parquet is not read here yet, so its steering
-# columns stay empty unless an audit of the same spec exists.
 specs = audit_gap.run_model_specs(run)
 with st.spinner("Looking for audits of the run's models…"):
     audits = audit_gap.find_audits([state.runs_root(), SHIPPED_RUNS])
@@ -91,6 +90,10 @@ with st.expander("Audits used", expanded=False):
         chosen[model] = found[index]
 
 tables = {model: load_audit(info) for model, info in chosen.items()}
+# An imported run carries its own steering results (the best layer per fraction); an
+# audit of the same model, when there is one, takes precedence.
+for model, imported in audit_gap.run_steering_tables(run.path).items():
+    tables.setdefault(model, imported)
 fractions = audit_gap.steering_fractions(list(tables.values()))
 
 budget_column, fraction_column, embedding_column = st.columns([2, 2, 3])
@@ -131,7 +134,7 @@ prompt_set = prompt_set_name(run.config)
 for row in table.to_dict("records"):
     st.markdown(audit_gap.model_sentence(row, table, budget, fraction, prompt_set))
 
-missing = [model for model in run.models if model not in chosen]
+missing = [model for model in run.models if model not in tables]
 if missing:
     commands = "\n".join(audit_gap.audit_command(specs[model], model) for model in missing)
     st.info(
