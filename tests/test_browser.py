@@ -121,3 +121,24 @@ def test_heatmaps_bad_path_shows_error(page, app_url, tmp_path):
     assert page.locator(EXCEPTION).count() == 0
     screenshot(page, "heatmaps-error.png")
 
+
+
+def test_heatmap_png_and_svg_downloads(page, app_url, tmp_path):
+    open_home(page, app_url)
+    open_page(page, "LVS heatmaps")
+    page.locator(CHART).first.wait_for()
+
+    files = {}
+    for label in ("PNG", "SVG"):
+        with page.expect_download() as download_info:
+            page.get_by_role("button", name=label).first.click()
+        download = download_info.value
+        target = tmp_path / download.suggested_filename
+        download.save_as(target)
+        files[label] = target
+
+    assert files["PNG"].suffix == ".png"
+    assert files["PNG"].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert files["SVG"].suffix == ".svg"
+    assert "<svg" in files["SVG"].read_text()[:500]
+    assert page.locator(EXCEPTION).count() == 0
