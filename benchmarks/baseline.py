@@ -1,9 +1,9 @@
 """The latent attack one cell at a time: the plain reference for the batched engine.
 
-Each (prompt, layer, budget) cell runs on its own: a clean forward to read ``max|h|`` at
-the layer, ten sign-gradient PGD steps whose target NLL comes from the full logits, the
-uniform random control, and greedy generation of the clean prompt and of both
-perturbations. This is the protocol as published research code writes it. It shares
+Each (prompt, layer, budget) cell runs on its own. A clean forward reads ``max|h|`` at
+the layer, then ten sign-gradient PGD steps lower a target NLL taken from the full
+logits. The uniform random control follows, and greedy generation of the clean prompt
+and of both perturbations. This is the protocol as published research code writes it. It shares
 no code path with :mod:`lvs_core.engine` beyond the hook helpers, the chat formatting
 and the judge, so ``tests/test_engine.py`` can check the engine against it and
 ``benchmarks/sweep_throughput.py`` can time the two side by side.

@@ -83,8 +83,8 @@ def capture_residual(store: dict, key: str) -> HookFn:
 def layer_delta_hooks(delta: torch.Tensor, row_layers: Sequence[Layer]) -> list[tuple[Layer, HookFn]]:
     """Return prompt hooks that add row ``i`` of ``delta`` at ``row_layers[i]`` only.
 
-    With one layer for all rows this is a single hook; otherwise each layer's hook adds
-    the delta times a 0/1 row mask, which keeps gradients flowing to every row.
+    With one layer for all rows this is a single hook. Otherwise each layer's hook adds
+    the delta times a 0/1 row mask, so gradients still reach every row.
     """
     distinct = list(dict.fromkeys(row_layers))
     if len(distinct) == 1:
