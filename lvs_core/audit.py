@@ -417,7 +417,7 @@ def _drive_audit(config, out_dir, overwrite, resume, progress, pool, execution) 
 
 
 def audit_row(model: dict, config: AuditConfig, tables: dict[str, pd.DataFrame], steer_layer) -> pd.DataFrame:
-    """Collapse the audit tables into the one-row summary of the model (``model`` holds its ``name`` and ``spec``)."""
+    """Collapse the audit tables into the one-row summary of the model (``model`` contains its ``name`` and ``spec``)."""
     row: dict = {"model": model["name"], "spec": model["spec"], "budget": config.budget, "steer_layer": layer_label(steer_layer)}
     if "behaviour" in tables:
         row.update(tables["behaviour"].iloc[0].to_dict())

@@ -204,8 +204,8 @@ def parse_address(address: str) -> tuple[str, int] | None:
 def check_reachable(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
     """Raise a one-line error unless a TCP connection to the Ray head at ``address`` opens.
 
-    ``ray.init`` retries an unreachable address for about a minute before it fails, so
-    the executor checks the connection once first.
+    ``ray.init`` keeps retrying an unreachable address (Ray 2.60 still retried after
+    120 s here), so the executor checks the connection once first.
     """
     target = parse_address(address)
     if target is None:
@@ -232,11 +232,19 @@ def _import_ray():
     return ray
 
 
-def _remote_error(error: BaseException) -> BaseException:
-    """Return the exception to raise on the driver for a unit that raised on a worker."""
+def _remote_error(error: BaseException, method: str) -> BaseException:
+    """Return the exception to raise on the driver for a call of ``method`` that raised on a worker."""
+    from lvs_core.engine import is_out_of_memory
+
     cause = getattr(error, "cause", None)
     if isinstance(cause, AuditInputError):
         return AuditInputError(str(cause))
+    if method == "prepare" and cause is not None and is_out_of_memory(cause):
+        first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        return AuditInputError(
+            f"the model did not fit on a Ray worker while loading ({first_line[:200]}): "
+            "raise --n-devices to split it over more GPUs, or use a cluster with larger devices"
+        )
     return error
 
 
@@ -309,7 +317,7 @@ class RayPool:
 
         if device.startswith("cuda") and gpus == 0:
             raise AuditInputError(
-                f"--device {device} asked, but {where} has no GPU ({cpus} CPUs): "
+                f"--device {device} requested, but {where} has no GPU ({cpus} CPUs): "
                 "add GPU nodes to the cluster, or pass --device cpu"
             )
         if settings.n_devices > 1 and gpus == 0:
@@ -327,13 +335,20 @@ class RayPool:
                     f"{where} has {per_node}: lower --n-devices"
                 )
             count = settings.workers or gpus // settings.n_devices
-            return (device or "cuda"), settings.n_devices, max(1, count)
+            # Ray would keep an actor it cannot place pending, and the driver would wait forever.
+            if count * settings.n_devices > gpus:
+                raise AuditInputError(
+                    f"--workers {count} with --n-devices {settings.n_devices} needs {count * settings.n_devices} GPUs, "
+                    f"but {where} has {gpus}: lower --workers, or pass 0 for one worker per {settings.n_devices} GPU(s)"
+                )
+            # Ray makes an actor's GPUs its only visible ones, so a cuda:N index would be wrong there.
+            return "cuda", settings.n_devices, max(1, count)
 
         count = settings.workers or cpus // settings.cpus_per_worker
-        if count < 1:
+        if count < 1 or count * settings.cpus_per_worker > cpus:
             raise AuditInputError(
-                f"{where} has {cpus} CPUs, fewer than the {settings.cpus_per_worker} a worker needs: "
-                "lower the CPUs per worker or add nodes"
+                f"{max(count, 1)} worker(s) of {settings.cpus_per_worker} CPU(s) need {max(count, 1) * settings.cpus_per_worker} "
+                f"CPUs, but {where} has {cpus}: lower --workers, or pass 0 for one worker per CPU"
             )
         return "cpu", 0, count
 
@@ -355,7 +370,7 @@ class RayPool:
             except self.ray.exceptions.RayActorError as error:
                 self._drop(actor, error)
             except self.ray.exceptions.RayTaskError as error:
-                raise _remote_error(error) from None
+                raise _remote_error(error, method) from None
         if not self.actors:
             raise RuntimeError("every Ray worker died while loading the model: check the workers' logs, then rerun with --resume")
         return results
@@ -364,7 +379,7 @@ class RayPool:
         """Run ``tasks`` on the actors, one at a time per actor, and call ``on_result`` on the driver for each.
 
         A task whose actor died goes back to the front of the queue for another actor.
-        ``on_result`` sees each task once, in the order tasks finish.
+        ``on_result`` is called once per task, in the order tasks finish.
         """
         ray = self.ray
         queue = deque(tasks)
@@ -391,7 +406,7 @@ class RayPool:
                     queue.appendleft(task)
                     continue
                 except ray.exceptions.RayTaskError as error:
-                    raise _remote_error(error) from None
+                    raise _remote_error(error, task.method) from None
                 idle.append(actor)
                 on_result(task, result)
 

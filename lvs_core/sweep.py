@@ -2,7 +2,9 @@
 
 A sweep runs every (model, layer, budget) cell on every prompt, for the PGD attack and
 the random control, and writes a run folder (:mod:`lvs_core.runs`). The clean
-generation of each prompt is computed once per model and shared by all its cells.
+generation of each prompt is computed once per model and worker and shared by all its
+cells. Workers (:class:`SweepWorker`) run in this process or on Ray actors
+(:mod:`lvs_core.executors`), and give the same cells either way.
 """
 
 from __future__ import annotations
@@ -217,7 +219,7 @@ class SweepWorker:
     """The cells of a sweep on one device: each model is loaded once, with its prompt batch and clean reference.
 
     ``keep_models`` keeps every model loaded (the local executor); otherwise loading a
-    model drops the previous one, so a worker holds one model's memory at a time.
+    model drops the previous one, so a worker keeps one model in memory at a time.
     """
 
     def __init__(

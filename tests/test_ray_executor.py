@@ -145,11 +145,18 @@ def test_ray_bad_input_one_line(ray_cluster, tmp_path, capsys):
     assert "ray start --head" in error
 
     error = _cli_error(capsys, *sweep, "--executor", "ray", "--device", "cuda")
-    assert "--device cuda asked, but the local Ray cluster has no GPU (2 CPUs)" in error
+    assert "--device cuda requested, but the local Ray cluster has no GPU (2 CPUs)" in error
     assert "--device cpu" in error
 
     error = _cli_error(capsys, *sweep, "--executor", "ray", "--n-devices", "2")
     assert "--n-devices 2 splits a model over GPUs" in error
+
+    # An input error raised inside an actor reaches the driver as the same one line.
+    error = _cli_error(capsys, *sweep, "--executor", "ray", "--layers", "99")
+    assert error == "lvs-audit: error: layer 99 is out of range for a model with 6 blocks: use 'embedding' or 0 to 5\n"
+
+    error = _cli_error(capsys, *sweep, "--executor", "ray", "--workers", "3")
+    assert "3 worker(s) of 1 CPU(s) need 3 CPUs, but the local Ray cluster has 2" in error
 
     error = _cli_error(capsys, *sweep, "--address", "127.0.0.1:6379")
     assert "needs --executor ray" in error
@@ -175,12 +182,12 @@ def test_address_parsing():
 
 def test_too_many_devices_rejected(tmp_path, capsys):
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    asked = max(2, available + 1)
-    with pytest.raises(AuditInputError, match=f"--n-devices {asked} splits the model over {asked} CUDA devices"):
-        load_model("demo:safe", n_devices=asked)
+    requested = max(2, available + 1)
+    with pytest.raises(AuditInputError, match=f"--n-devices {requested} splits the model over {requested} CUDA devices"):
+        load_model("demo:safe", n_devices=requested)
     with pytest.raises(AuditInputError, match="--device cpu was given"):
         load_model("demo:safe", device="cpu", n_devices=2)
-    error = _cli_error(capsys, "sweep", "--model", "demo:safe", "--n-devices", str(asked), "--out", str(tmp_path / "run"))
+    error = _cli_error(capsys, "sweep", "--model", "demo:safe", "--n-devices", str(requested), "--out", str(tmp_path / "run"))
     assert f"use --n-devices {max(1, available)}" in error
     assert not (tmp_path / "run").exists()
 

@@ -175,6 +175,8 @@ def test_killed_cli_sweep_resumes(tmp_path, llama_folder, prompt_csv):
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "lvs_core.cli", "sweep", "--model", str(llama_folder), "--prompts", str(prompt_csv),
             "--layers", "all", "--budgets", "0.1,0.2,0.3", "--max-new-tokens", "3", "--out", str(out)]
+    # One cell per chunk (3 prompts), so parts are written one unit at a time and the kill lands mid-run.
+    argv += ["--batch-size", "3"]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = out / "parts" / "cells"
     deadline = time.monotonic() + 300
