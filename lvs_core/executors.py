@@ -24,10 +24,11 @@ Ray is an optional dependency (``pip install .[ray]``); it is imported only by
 from __future__ import annotations
 
 import logging
+import json
 import os
 import socket
 import struct
-import json
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "ray")
 RAY_CONNECT_TIMEOUT_S = 3.0
+# Ray's switch for multi-node clusters (named for Windows and macOS, read on every platform).
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # Bytes per parameter of the dtypes a checkpoint may be loaded in.
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -281,6 +284,11 @@ class RayPool:
     """
 
     def __init__(self, factory: Callable[..., Any], kwargs: dict, settings: ExecutorConfig, device: str):
+        if not settings.address and "ray" not in sys.modules:
+            # A local cluster serves only this process, so it listens on 127.0.0.1 alone. Ray
+            # 2.60 binds to the machine's routable address unless cluster mode is off, which it
+            # reads from this variable on import.
+            os.environ.setdefault(LOCAL_ONLY_ENV, "0")
         ray = _import_ray()
         self.ray = ray
         self.owns_connection = False
@@ -288,9 +296,9 @@ class RayPool:
             check_reachable(settings.address)
         if not ray.is_initialized():
             if settings.address:
-                ray.init(address=settings.address, include_dashboard=False, log_to_driver=False)
+                ray.init(address=settings.address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
             else:
-                ray.init(include_dashboard=False, log_to_driver=False)
+                ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
             self.owns_connection = True
 
         try:

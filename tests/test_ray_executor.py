@@ -117,6 +117,25 @@ def test_killed_worker_cells_retried(ray_cluster, tmp_path, caplog):
     assert not (tmp_path / "run" / "parts").exists()
 
 
+def test_interrupted_ray_sweep_resumes_locally(ray_cluster, one_thread, tmp_path):
+    def interrupt_after_two(done: int, total: int, label: str) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(SWEEP, tmp_path / "run", progress=interrupt_after_two, execution=RAY)
+    parts = sorted((tmp_path / "run" / "parts" / "cells").glob("*.parquet"))
+    assert len(parts) == 2
+    assert not list((tmp_path / "run" / "parts" / "cells").glob(".*.tmp"))
+
+    written = []
+    resumed = load_run(run_sweep(SWEEP, tmp_path / "run", resume=True, progress=lambda done, total, label: written.append(done)))
+    fresh = load_run(run_sweep(SWEEP, tmp_path / "fresh"))
+    assert written[0] == 2
+    assert written[-1] == 8
+    pd.testing.assert_frame_equal(resumed.cells, fresh.cells)
+
+
 def test_ray_audit_equals_local(ray_cluster, one_thread, tmp_path):
     config = AuditConfig(
         model="demo:dissociated", twins=(("safe", "demo:safe"),), max_prompts=3, layers="1,2",
