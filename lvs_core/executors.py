@@ -265,9 +265,6 @@ class _ActorHost:
             torch.set_num_threads(threads)
         self.worker = factory(**kwargs)
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def memory(self, device: str, n_devices: int) -> int:
         """Return the free bytes of the devices this actor loads models on (Ray makes its GPUs the visible ones)."""
         return placement_free_bytes(device, n_devices)
@@ -359,10 +356,6 @@ class RayPool:
                 f"CPUs, but {where} has {cpus}: lower --workers, or pass 0 for one worker per CPU"
             )
         return "cpu", 0, count
-
-    def pids(self) -> list[int]:
-        """Return the process id of every live actor."""
-        return self.ray.get([actor.pid.remote() for actor in self.actors])
 
     def free_memory(self) -> int:
         """Return the least free memory of any actor's devices, in bytes."""
