@@ -413,6 +413,23 @@ def _placement(device: str | None, n_devices: int) -> dict:
     return {"n_devices": n_devices}
 
 
+def _contiguous_input(module, args):
+    return (args[0].contiguous(), *args[1:]) if args and isinstance(args[0], torch.Tensor) else None
+
+
+def _contiguous_unembedding_input(bridge) -> None:
+    """Make the unembedding's input contiguous before its matmul.
+
+    With ``logits_to_keep``, HuggingFace hands the unembedding a slice of the last
+    positions, which is not contiguous; torch then multiplies it batch by batch against
+    a broadcast copy of the vocabulary matrix. On a GPT-2-sized model that made the
+    target NLL a third slower. A contiguous copy of the few kept positions costs nothing.
+    """
+    output_embeddings = bridge.original_model.get_output_embeddings()
+    if output_embeddings is not None:
+        output_embeddings.register_forward_pre_hook(_contiguous_input)
+
+
 def load_model(
     spec: str,
     device: str | None = None,
@@ -472,6 +489,7 @@ def load_model(
     bridge.eval()
     for parameter in bridge.original_model.parameters():
         parameter.requires_grad_(False)
+    _contiguous_unembedding_input(bridge)
 
     tokenizer = bridge.tokenizer
     if tokenizer is None:
