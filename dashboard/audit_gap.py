@@ -174,17 +174,23 @@ def sweep_measures(run: Run, budget: float, include_embedding: bool = False) -> 
     return pd.DataFrame(rows)
 
 
-def run_steering_tables(run_path: Path) -> dict[str, dict[str, pd.DataFrame]]:
-    """Return, per model, the steering table an imported run carries, as :func:`audit_measures` reads it.
+def run_steering_tables(run_path: Path, models: list[str]) -> dict[str, dict[str, pd.DataFrame]]:
+    """Return, per model, the steering table a run carries, as :func:`audit_measures` reads it.
 
     An imported run steers at every layer; for each fraction only the layer with the
-    highest compliance is kept, as the paper's own summary reports it. Returns an empty
-    dict for a run without ``steering.parquet``.
+    highest compliance is kept, as the paper's own summary reports it. An audit's table
+    has no model column, so it belongs to the run's one model. Returns an empty dict for
+    a run without ``steering.parquet`` or with a table that names no model.
     """
     path = Path(run_path) / "steering.parquet"
     if not path.is_file():
         return {}
     steering = pd.read_parquet(path)
+    if not {"frac", "compliance", "direction"} <= set(steering.columns):
+        return {}
+    if "model" not in steering.columns:
+        # An audit's own table: one model, one steering layer, controls included.
+        return {models[0]: {"steering": steering}} if len(models) == 1 else {}
     steering = steering[steering["direction"] != "random"].dropna(subset=["compliance"])
     tables = {}
     for model, rows in steering.groupby("model", sort=False):

@@ -648,7 +648,7 @@ def test_overview_reads_imported_steering(monkeypatch, tmp_path):
 
     write_paper_csv(tmp_path / "metric_toy.csv")
     folder = import_paper_csv(tmp_path / "metric_toy.csv", tmp_path / "runs" / "paper-toy")
-    tables = audit_gap.run_steering_tables(folder)
+    tables = audit_gap.run_steering_tables(folder, ["toy/base", "toy/dissociated"])
     assert sorted(tables) == ["toy/base", "toy/dissociated"]
     peak = tables["toy/dissociated"]["steering"].set_index("frac")
     assert peak.loc[0.06, "compliance"] == pytest.approx(0.7)
@@ -665,3 +665,20 @@ def test_overview_reads_imported_steering(monkeypatch, tmp_path):
     assert steering, list(table.columns)
     assert table.loc["toy/dissociated", steering[0]] == pytest.approx(0.7)
     assert table.loc["toy/base", steering[0]] == pytest.approx(0.2)
+
+
+def test_overview_on_an_audit_run(monkeypatch, tmp_path):
+    # An audit run opened as the Overview's run: its steering table has no model column
+    # and belongs to the audit's one model, random control included.
+    audit = DEMO_AUDIT_DIRS["demo:dissociated"]
+    run = load_run(audit)
+    tables = audit_gap.run_steering_tables(run.path, run.models)
+    assert list(tables) == run.models
+    steering = tables[run.models[0]]["steering"]
+    assert set(steering["direction"]) > {"random"}
+
+    monkeypatch.setenv("LVS_AUDIT_RUN_DIR", str(audit))
+    monkeypatch.setenv("LVS_AUDIT_RUNS_ROOT", str(tmp_path / "runs"))
+    app = open_page(OVERVIEW)
+    assert_clean_page(app)
+    assert app.dataframe[0].value.shape[0] == 1

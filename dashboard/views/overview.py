@@ -92,7 +92,7 @@ with st.expander("Audits used", expanded=False):
 tables = {model: load_audit(info) for model, info in chosen.items()}
 # An imported run carries its own steering results (the best layer per fraction); an
 # audit of the same model, when there is one, takes precedence.
-for model, imported in audit_gap.run_steering_tables(run.path).items():
+for model, imported in audit_gap.run_steering_tables(run.path, run.models).items():
     tables.setdefault(model, imported)
 fractions = audit_gap.steering_fractions(list(tables.values()))
 
