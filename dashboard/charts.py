@@ -81,6 +81,20 @@ def interval_texts(low: np.ndarray, high: np.ndarray, count: np.ndarray, metric:
     return texts
 
 
+def standalone(figure: go.Figure) -> go.Figure:
+    """Return a copy of ``figure`` that lays out its own margins, for use outside Streamlit.
+
+    The figures here keep small margins because Streamlit's chart theme grows them to fit
+    tick labels and axis titles. An exported image or a report has no such theme, so the
+    axes make room for their labels themselves (``automargin``) on a white template.
+    """
+    copy = go.Figure(figure)
+    copy.update_layout(template="plotly_white", title_x=0.02)
+    copy.update_xaxes(automargin=True)
+    copy.update_yaxes(automargin=True)
+    return copy
+
+
 def run_attack_norm(config: dict) -> str:
     """Return the attack norm a run's ``config.json`` records, ``linf`` when it records none."""
     attack = config.get("settings", {}).get("attack", {})

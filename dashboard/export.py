@@ -18,6 +18,8 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import streamlit as st
 
+from dashboard.charts import standalone
+
 logger = logging.getLogger("dashboard.export")
 
 PLOT_CONFIG = {"displaylogo": False}
@@ -41,7 +43,7 @@ def image_export_available() -> bool:
 @st.cache_data(show_spinner=False, max_entries=64)
 def figure_image(figure_json: str, image_format: str) -> bytes:
     """Render a figure given as Plotly JSON to PNG or SVG bytes (cached per figure and format)."""
-    figure = pio.from_json(figure_json)
+    figure = standalone(pio.from_json(figure_json))
     height = figure.layout.height or EXPORT_HEIGHT
     scale = PNG_SCALE if image_format == "png" else 1
     logger.info("rendering a %s image of %d bytes of figure JSON", image_format, len(figure_json))

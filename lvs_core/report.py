@@ -61,7 +61,8 @@ def _charts():
 
 
 def _figure_html(figure: go.Figure) -> str:
-    return pio.to_html(figure, full_html=False, include_plotlyjs=False, config=PLOT_CONFIG, default_width="100%")
+    charts, _ = _charts()
+    return pio.to_html(charts.standalone(figure), full_html=False, include_plotlyjs=False, config=PLOT_CONFIG, default_width="100%")
 
 
 def _table_html(frame: pd.DataFrame, index: bool = False) -> str:

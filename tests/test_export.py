@@ -45,3 +45,15 @@ def test_figure_image_renders_png_and_svg():
     assert (width, height) == (export.EXPORT_WIDTH * export.PNG_SCALE, 400 * export.PNG_SCALE)
     assert svg.lstrip().startswith("<svg")
     assert "export check" in svg
+
+
+def test_standalone_figure_makes_room_for_labels():
+    # Streamlit's theme grows the margins in the page; an export must do it itself.
+    from dashboard import charts
+
+    figure = go.Figure(go.Heatmap(z=[[1, 2]], x=["0.05", "0.1"], y=["embedding"]))
+    figure.update_layout(margin={"l": 10, "b": 10})
+    copy = charts.standalone(figure)
+    assert copy.layout.xaxis.automargin is True
+    assert copy.layout.yaxis.automargin is True
+    assert figure.layout.yaxis.automargin is None
