@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 import lvs_core
+from lvs_core.engine import ATTACKS
 from lvs_core.errors import AuditInputError
 from lvs_core.models import EMBEDDING_LAYER, layer_sort_key
 from lvs_core.runs import atomic_write_parquet, atomic_write_text
@@ -202,9 +203,12 @@ def read_paper_csv(source: str | Path | bytes) -> PaperResults:
 def _summary(rows: pd.DataFrame) -> pd.DataFrame:
     _require(rows, LVS_COLUMNS, "that exp=lvs rows need")
     attacks = rows["attack"].str.strip()
-    if (attacks == "").any():
-        index = attacks[attacks == ""].index[0]
-        raise AuditInputError(f"empty attack on line {_line(index)}: name the attack, such as pgd or random")
+    unknown = ~attacks.isin(ATTACKS)
+    if unknown.any():
+        index = unknown[unknown].index[0]
+        raise AuditInputError(
+            f"unknown attack {rows.at[index, 'attack']!r} on line {_line(index)}: use one of {', '.join(ATTACKS)}"
+        )
     budget = _numbers(rows, "budget", low=0.0)
     if (budget <= 0).any():
         index = budget[budget <= 0].index[0]

@@ -194,6 +194,7 @@ def test_import_uploaded_bytes(synthetic_csv, tmp_path):
         (lambda frame: frame.loc.__setitem__((0, "budget"), "0"), "invalid budget '0' on line 2"),
         (lambda frame: frame.loc.__setitem__((0, "layer_idx"), "5"), "disagree on line 2"),
         (lambda frame: frame.loc.__setitem__((2, "budget"), "0.001"), "line 4 repeats"),
+        (lambda frame: frame.loc.__setitem__((0, "attack"), "foo"), "unknown attack 'foo' on line 2: use one of pgd, random"),
     ],
 )
 def test_import_rejects_bad_csv(synthetic_csv, tmp_path, edit, expected):
