@@ -166,6 +166,9 @@ def _read_csv(path: Path) -> list[dict]:
     return [row for row in rows if (row.get("prompt") or "").strip()]
 
 
+_JSON_TYPES = {type(None): "null", bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     records = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -183,6 +186,12 @@ def _read_jsonl(path: Path) -> list[dict]:
                 f"prompt file {str(path)!r} line {number} has no 'prompt' field: give each line "
                 'as {"prompt": "..."}'
             )
-        if str(record["prompt"]).strip():
+        if not isinstance(record["prompt"], str):
+            kind = _JSON_TYPES.get(type(record["prompt"]), "non-string")
+            raise AuditInputError(
+                f"prompt file {str(path)!r} line {number} has a {kind} prompt ({json.dumps(record['prompt'])}): "
+                "give the prompt as a JSON string"
+            )
+        if record["prompt"].strip():
             records.append(record)
     return records

@@ -60,6 +60,8 @@ def test_prompt_files(tmp_path):
         "nocol.csv": ("text\nhello\n", "has no 'prompt' column"),
         "bad.jsonl": ('{"prompt": "a"}\nnot json\n', "line 2 is not valid JSON"),
         "nofield.jsonl": ('{"text": "a"}\n', "line 1 has no 'prompt' field"),
+        "nullprompt.jsonl": ('{"prompt": "a"}\n{"prompt": null}\n', "line 2 has a null prompt"),
+        "numberprompt.jsonl": ('{"prompt": 5}\n', "line 1 has a number prompt"),
         "prompts.txt": ("hello\n", "use .csv or .jsonl"),
     }
     for name, (content, message) in cases.items():
