@@ -43,7 +43,7 @@ from lvs_core.errors import AuditInputError
 from lvs_core.executors import ExecutorConfig, Task, ensure_models_fit, open_pool
 from lvs_core.finetune import GENERIC_COMPLIANCE, finetune_curve, load_finetune_records, steps_to_break
 from lvs_core.metrics import summarize
-from lvs_core.models import ASSETS_DIR, AuditModel, layer_label, load_model, parse_layer, parse_layers, resolve_model_path
+from lvs_core.models import ANY_DEPTH, ASSETS_DIR, AuditModel, layer_label, load_model, parse_layer, parse_layers, resolve_model_path
 from lvs_core.patching import patching_flip_rates
 from lvs_core.probe import conversation_features, evaluate_probe, middle_band, train_probe
 from lvs_core.prompts import build_batch, load_prompt_records
@@ -128,6 +128,9 @@ class AuditConfig:
             raise AuditInputError("patching from the twin needs a harmful twin: add --twin harmful=SPEC")
         if self.finetune_data and "finetune" in self.steps:
             load_finetune_records(self.finetune_data)
+        parse_layers(self.layers, ANY_DEPTH)
+        load_prompt_records(self.prompts)
+        load_prompt_records(self.benign_prompts)
 
 
 def parse_twins(items: list[str]) -> tuple[tuple[str, str], ...]:

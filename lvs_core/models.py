@@ -130,6 +130,10 @@ def parse_layer(layer: Layer, n_layers: int) -> Layer:
     return layer
 
 
+# A depth no model reaches, for checking the form of a layer list before a model is loaded.
+ANY_DEPTH = 1_000_000
+
+
 def parse_layers(text: str | list, n_layers: int) -> list[Layer]:
     """Parse ``all``, ``mid`` or a comma list such as ``embedding,0,3`` into layers."""
     if isinstance(text, (list, tuple)):

@@ -215,6 +215,32 @@ class YesNoJudgeScorer:
         return Scores(harmlessness=harmlessness, compliant=compliant, valid=valid)
 
 
+def check_scorer(name: str) -> None:
+    """Check a scorer name without loading anything: its form, and the folder of a local judge.
+
+    Raises:
+        AuditInputError: the name is unknown, or names a local folder that does not exist.
+    """
+    from lvs_core.models import resolve_model_path
+
+    if name in ("refusal", "margin"):
+        return
+    for prefix in ("hf:", "judge:"):
+        if name.startswith(prefix) and len(name) > len(prefix):
+            target = name[len(prefix):]
+            try:
+                resolve_model_path(target)
+            except AuditInputError:
+                raise AuditInputError(
+                    f"scorer {name!r}: {target!r} is neither an existing model folder nor a hub id; "
+                    f"give {prefix}PATH_TO_FOLDER or {prefix}ORG/NAME"
+                ) from None
+            return
+    raise AuditInputError(
+        f"unknown scorer {name!r}: use 'refusal', 'margin', 'hf:PATH_OR_HUB_ID' or 'judge:PATH_OR_HUB_ID'"
+    )
+
+
 def make_scorer(name: str, device: str = "cpu") -> Scorer:
     """Build the scorer named ``refusal``, ``margin``, ``hf:PATH_OR_ID`` or ``judge:PATH_OR_ID``."""
     if name == "refusal":

@@ -26,10 +26,10 @@ from lvs_core.errors import AuditInputError
 from lvs_core.executors import ExecutorConfig, LocalPool, Task, ensure_models_fit, open_pool
 from lvs_core.generation import DEFAULT_MAX_NEW_TOKENS
 from lvs_core.metrics import summarize
-from lvs_core.models import AuditModel, layer_label, layer_sort_key, load_model, parse_layers, resolve_model_path
+from lvs_core.models import ANY_DEPTH, AuditModel, layer_label, layer_sort_key, load_model, parse_layers, resolve_model_path
 from lvs_core.prompts import PromptBatch, build_batch, load_prompt_records
 from lvs_core.runs import CELL_COLUMNS, RunStore, part_key
-from lvs_core.scoring import make_scorer
+from lvs_core.scoring import check_scorer, make_scorer
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,10 @@ class SweepConfig:
             raise AuditInputError(f"invalid max_prompts {self.max_prompts}: use 0 (all) or a positive count")
         if self.device and self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise AuditInputError(f"invalid device {self.device!r}: use cpu, cuda or cuda:N")
+        # Checked against any depth here; the model's own depth is checked once it loads.
+        parse_layers(self.layers, ANY_DEPTH)
+        load_prompt_records(self.prompts)
+        check_scorer(self.scorer)
 
 
 def parse_budgets(text: str) -> tuple[float, ...]:

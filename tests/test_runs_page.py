@@ -344,12 +344,22 @@ def test_job_runs_sweep_to_completion(inputs, tmp_path):
 
 
 def test_job_failure_is_one_line(inputs, tmp_path):
+    # Block 99 is a valid layer name, but the model has 3 blocks: only loading it tells.
     registry = jobs.JobRegistry()
-    config = SweepConfig(models=(str(inputs.checkpoints["safe"]),), prompts=str(tmp_path / "nope.csv"), device="cpu")
+    config = SweepConfig(models=(str(inputs.checkpoints["safe"]),), layers="99", prompts=str(inputs.prompts_csv), device="cpu")
     job = wait_for(registry.start("sweep", config, tmp_path / "job-fail"))
     assert job.status == "failed"
-    assert "nope.csv" in job.error
+    assert "99" in job.error
     assert "\n" not in job.error and "Traceback" not in job.error
+    assert not (tmp_path / "job-fail").exists()
+
+
+def test_job_rejects_a_missing_prompt_file_before_starting(inputs, tmp_path):
+    registry = jobs.JobRegistry()
+    config = SweepConfig(models=(str(inputs.checkpoints["safe"]),), prompts=str(tmp_path / "nope.csv"), device="cpu")
+    with pytest.raises(AuditInputError, match="nope.csv"):
+        registry.start("sweep", config, tmp_path / "job-fail")
+    assert registry.jobs() == []
     assert not (tmp_path / "job-fail").exists()
 
 

@@ -100,3 +100,14 @@ def test_judge_must_be_causal_lm(tmp_path):
     folder = _classifier(tmp_path, 1)
     with pytest.raises(AuditInputError, match="not a causal language model"):
         make_scorer(f"judge:{folder}")
+
+
+def test_check_scorer_names_a_missing_judge_folder(tmp_path):
+    from lvs_core.scoring import check_scorer
+
+    check_scorer("refusal")
+    check_scorer("hf:org/reward-model")
+    with pytest.raises(AuditInputError, match="is neither an existing model folder nor a hub id"):
+        check_scorer(f"hf:{tmp_path / 'no-such-judge'}")
+    with pytest.raises(AuditInputError, match="unknown scorer 'vibes'"):
+        check_scorer("vibes")
