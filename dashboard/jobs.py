@@ -18,6 +18,7 @@ progress callback.
 from __future__ import annotations
 
 import itertools
+import string
 import logging
 import threading
 import time
@@ -36,8 +37,9 @@ logger = logging.getLogger("dashboard.jobs")
 
 JobKind = Literal["sweep", "audit"]
 JobStatus = Literal["running", "done", "failed", "cancelled"]
-# Characters a run name may not contain: it becomes one folder directly under the runs root.
-_FORBIDDEN_NAME_CHARACTERS = set('/\\:*?"<>|\0')
+# Characters a run name may contain: it becomes one folder directly under the runs root,
+# and is typed into shell commands, so spaces and separators are out.
+_NAME_CHARACTERS = set(string.ascii_letters + string.digits + "-_.")
 
 
 class JobCancelled(Exception):
@@ -82,7 +84,7 @@ class Job:
 def validate_run_name(name: str, root: Path, overwrite: bool = False, busy: set[Path] | None = None) -> Path:
     """Return the folder ``root / name`` for a new run, or raise if the name cannot be used.
 
-    A name is one folder name: not empty, no path separator, not starting with a dot. An
+    A name is one folder name of letters, digits, '-', '_' and '.', not starting with a dot. An
     existing folder is refused unless ``overwrite``; the folder of a running job
     (``busy``) is refused always.
 
@@ -92,7 +94,7 @@ def validate_run_name(name: str, root: Path, overwrite: bool = False, busy: set[
     name = name.strip()
     if not name:
         raise AuditInputError("no run name given: enter a folder name such as sweep-demo")
-    bad = sorted(_FORBIDDEN_NAME_CHARACTERS & set(name))
+    bad = sorted(set(name) - _NAME_CHARACTERS)
     if bad:
         shown = " ".join(repr(character) for character in bad)
         raise AuditInputError(f"invalid run name {name!r}: it contains {shown}; use letters, digits, '-', '_' and '.'")

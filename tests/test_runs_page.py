@@ -316,7 +316,8 @@ def test_run_name_validation(tmp_path):
     assert jobs.validate_run_name(" fresh ", tmp_path) == tmp_path / "fresh"
     assert jobs.validate_run_name("taken", tmp_path, overwrite=True) == tmp_path / "taken"
     cases = {"": "no run name", "a/b": "invalid run name 'a/b'", "..\\up": "invalid run name",
-             ".hidden": "must not start with a dot", "taken": "already exists"}
+             ".hidden": "must not start with a dot", "taken": "already exists",
+             "my run": "invalid run name 'my run': it contains ' '"}
     for name, message in cases.items():
         with pytest.raises(AuditInputError, match=message):
             jobs.validate_run_name(name, tmp_path)
