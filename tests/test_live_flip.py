@@ -244,6 +244,25 @@ def test_max_new_tokens_change_regenerates(app_env, lock_events):
     assert sorted(lock_events.purposes("acquire")) == ["attack at layer 1, budget 0.1", "clean generation"]
 
 
+def test_negative_budget_error_names_the_typed_value(app_env):
+    app = open_live_flip()
+
+    widget(app.number_input, "Budget").set_value(-1.0).run()
+
+    assert not app.exception
+    assert len(app.error) == 1
+    assert "invalid budget -1.0" in app.error[0].value
+
+
+def test_budget_above_one_warns(app_env):
+    app = open_live_flip()
+
+    widget(app.number_input, "Budget").set_value(2.0).run()
+
+    assert not app.exception
+    assert any("exceed max|h|" in element.value for element in app.warning)
+
+
 def test_zero_budget_error(app_env):
     app = open_live_flip()
 

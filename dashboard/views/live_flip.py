@@ -382,9 +382,10 @@ layer = layer_column.selectbox(
     key=layer_key(model),
     help="Residual stream the delta is added to, on the prompt positions only.",
 )
+# No min_value: Streamlit would clamp a typed -1 to the bound and the error would name
+# the clamped value instead of the one the user typed.
 budget = budget_column.number_input(
     "Budget",
-    min_value=0.0,
     step=0.05,
     format="%.3f",
     key=BUDGET_KEY,
@@ -404,6 +405,11 @@ prompt = choose_prompt(records, source)
 result = None
 try:
     validate_budget(budget)
+    if budget > 1:
+        st.warning(
+            f"Budget {budget:g} lets the delta exceed max|h|, the largest activation of the clean prompt: "
+            "such a perturbation overwrites the residual stream rather than nudging it. Budgets of 0.01-0.5 are typical."
+        )
     if not prompt:
         st.info("Pick a held-out prompt, upload a prompt file or type a prompt to attack.")
         st.stop()
