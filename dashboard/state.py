@@ -342,6 +342,8 @@ def open_run(path: str) -> Run:
     if not path:
         raise AuditInputError("no run folder given: enter the path of a folder written by 'lvs-audit sweep'")
     folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise AuditInputError(f"{path!r} is a file, not a run folder: enter the folder that holds config.json and summary.parquet")
     if not folder.is_dir():
         raise AuditInputError(f"run folder {path!r} not found: enter the path of a folder written by 'lvs-audit sweep'")
     return _run(str(folder.resolve()), _mtime(folder / "summary.parquet"))

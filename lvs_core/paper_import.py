@@ -142,6 +142,8 @@ def _read_table(source: str | Path | bytes) -> pd.DataFrame:
         name = "the uploaded file"
     else:
         path = Path(source).expanduser()
+        if path.is_dir():
+            raise AuditInputError(f"{str(source)!r} is a folder, not a metric CSV: give the path of a metric_<arch>.csv file in it")
         if not path.is_file():
             raise AuditInputError(f"metric CSV {str(source)!r} not found: give the path of a metric_<arch>.csv file")
         handle = path

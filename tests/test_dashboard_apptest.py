@@ -33,6 +33,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from dashboard import charts, state  # noqa: E402
 from dashboard.state import OTHER_RUN  # noqa: E402
+from lvs_core.errors import AuditInputError  # noqa: E402
 from lvs_core.runs import load_run  # noqa: E402
 
 # Seconds for one script run. Loading a checkpoint and running PGD on two shared CPU
@@ -328,3 +329,12 @@ def test_clean_refusal_table_counts_prompts_once():
     assert table.loc["a", "invalid clean"] == 1
     assert table.loc["a", "clean refusal"] == pytest.approx(0.5)
     assert table.loc["b", "clean refusal"] == pytest.approx(1.0)
+
+
+def test_open_run_names_a_file_given_as_the_folder(tmp_path):
+    file = tmp_path / "summary.txt"
+    file.write_text("not a run")
+    with pytest.raises(AuditInputError, match="is a file, not a run folder"):
+        state.open_run(str(file))
+    with pytest.raises(AuditInputError, match="not found"):
+        state.open_run(str(tmp_path / "missing"))

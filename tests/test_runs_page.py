@@ -613,3 +613,8 @@ def test_page_resumes_partial_run(runs_root, inputs):
     assert resumed.status == "done", resumed.error
     assert resumed.resume
     assert load_run(folder).layers == ["embedding", "0"]
+
+
+def test_import_names_a_folder_given_as_the_csv(tmp_path):
+    with pytest.raises(AuditInputError, match="is a folder, not a metric CSV"):
+        import_paper_csv(tmp_path, tmp_path / "out")
