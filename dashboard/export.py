@@ -60,8 +60,10 @@ def show_chart(figure: go.Figure, name: str, key: str) -> None:
     stem = slug(name)
     available = image_export_available()
     help_text = None if available else "Image export needs Chromium: install it with 'apt-get install chromium'."
-    png_column, svg_column, _ = st.columns([1, 1, 4])
-    png_column.download_button(
+    # A horizontal container sizes each button to its label; fixed-ratio columns cut
+    # the labels short inside a half-width page column.
+    row = st.container(horizontal=True, gap="small")
+    row.download_button(
         "PNG",
         data=lambda: figure_image(figure_json, "png"),
         file_name=f"{stem}.png",
@@ -72,7 +74,7 @@ def show_chart(figure: go.Figure, name: str, key: str) -> None:
         disabled=not available,
         help=help_text,
     )
-    svg_column.download_button(
+    row.download_button(
         "SVG",
         data=lambda: figure_image(figure_json, "svg"),
         file_name=f"{stem}.svg",
