@@ -89,7 +89,7 @@ def prompt_flip_table(cells: pd.DataFrame, model: str) -> pd.DataFrame:
         records.append(
             {
                 "prompt_id": str(prompt_id),
-                "category": category or "(none)",
+                "category": category or "uncategorised",
                 "prompt": str(group["prompt"].iloc[0]),
                 "clean": clean_verdict(group.iloc[0]),
                 "flips at": ", ".join(layers),

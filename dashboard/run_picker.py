@@ -58,8 +58,17 @@ def run_caption(run: Run, norm: str) -> str:
     attack = settings.get("attack", {}) if isinstance(settings.get("attack"), dict) else {}
     if run.config.get("kind") == "imported":
         return f"{run.path} · imported summary ({run.config.get('source', 'published results')}) · {norm} norm"
-    return (
-        f"{run.path} · {run.config.get('n_prompts', '?')} prompts · "
-        f"{attack.get('steps', '?')} PGD steps, {norm} norm · "
-        f"scorer {settings.get('scorer', '?')} · created {run.config.get('created', '?')}"
-    )
+    n_prompts = run.config.get("n_prompts")
+    if n_prompts is None and not run.cells.empty and "prompt_id" in run.cells:
+        n_prompts = run.cells.groupby("model")["prompt_id"].nunique().max()
+    parts = [str(run.path)]
+    if run.config.get("kind") == "lvs-audit":
+        parts.append(f"audit at budget {settings.get('budget', '?')}")
+    if n_prompts is not None:
+        parts.append(f"{n_prompts} prompts")
+    parts.append(f"{attack['steps']} PGD steps, {norm} norm" if "steps" in attack else f"{norm} norm")
+    # Audits judge with the refusal phrases; a sweep records its scorer.
+    parts.append(f"scorer {settings.get('scorer', 'refusal')}")
+    if run.config.get("created"):
+        parts.append(f"created {run.config['created']}")
+    return " · ".join(parts)

@@ -616,7 +616,7 @@ def test_inspector_audit_run(demo_env):
     assert_clean_page(app)
     table = app.dataframe[0].value
     assert len(table) == 80
-    assert set(table["category"]) == {"(none)"}
+    assert set(table["category"]) == {"uncategorised"}
 
 
 def test_inspector_imported_run(imported_env):
