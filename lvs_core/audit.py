@@ -382,9 +382,11 @@ def _drive_audit(config, out_dir, overwrite, resume, progress, pool, execution) 
     if "patching" in config.steps:
         plan.append(("patching", "all", "patching", ()))
 
+    # What the progress bar says for each part, in words rather than part keys.
+    labels = {(table, key): _part_label(table, step, args) for table, key, step, args in plan}
     started = time.monotonic()
     if progress is not None and plan:
-        progress(0, len(plan), plan[0][0])
+        progress(0, len(plan), labels[plan[0][0], plan[0][1]])
     done = 0
     tasks = []
     for table, key, step, args in plan:
@@ -393,7 +395,7 @@ def _drive_audit(config, out_dir, overwrite, resume, progress, pool, execution) 
             continue
         done += 1
         if progress is not None:
-            progress(done, len(plan), f"{table} {key}")
+            progress(done, len(plan), labels[table, key])
 
     def write(task: Task, frame: pd.DataFrame) -> None:
         nonlocal done
@@ -403,7 +405,7 @@ def _drive_audit(config, out_dir, overwrite, resume, progress, pool, execution) 
         store.put(table, key, frame)
         done += 1
         if progress is not None:
-            progress(done, len(plan), f"{table} {key}")
+            progress(done, len(plan), labels[table, key])
 
     pool.run(tasks, write)
 
@@ -417,6 +419,16 @@ def _drive_audit(config, out_dir, overwrite, resume, progress, pool, execution) 
         tables["summary"] = summarize(tables["cells"], seed=config.attack.seed)
     tables["audit"] = audit_row(info, config, tables, info["steer_layer"])
     return store.finish(tables, {"elapsed_s": round(time.monotonic() - started, 1)})
+
+
+def _part_label(table: str, step: str, args: tuple) -> str:
+    """Return what an audit part measures, for a progress bar: ``LVS at block 2``, ``fine-tuning seed 1``."""
+    if step == "lvs_cells":
+        layer = layer_label(args[0])
+        return f"LVS at {'the embedding' if layer == 'embedding' else f'block {layer}'}"
+    if step == "finetune":
+        return f"fine-tuning seed {args[0]}"
+    return {"behaviour": "behaviour", "probe": "static probe", "steering": "steering", "patching": "patching"}.get(step, table)
 
 
 def audit_row(model: dict, config: AuditConfig, tables: dict[str, pd.DataFrame], steer_layer) -> pd.DataFrame:

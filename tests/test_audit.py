@@ -99,6 +99,9 @@ def test_audit_resumes_after_interrupt(audit_inputs, tmp_path):
     path = run_audit(config, tmp_path / "audit", resume=True, progress=lambda d, t, label: labels.append(label))
     assert len(labels) == 5
     assert labels[0] == "behaviour"
+    # Progress speaks of what each part measures, never of its storage key.
+    assert any(label.startswith("LVS at ") for label in labels), labels
+    assert all("_" not in label for label in labels), labels
     cells = pd.read_parquet(path / "cells.parquet")
     assert not cells.duplicated(["prompt_id", "layer", "attack"]).any()
     assert len(cells) == 4 * 2 * 2
