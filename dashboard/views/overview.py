@@ -38,6 +38,17 @@ def load_audit(info: audit_gap.AuditInfo) -> dict[str, pd.DataFrame]:
     return audit_tables(str(info.path.resolve()), (info.path / "audit.parquet").stat().st_mtime)
 
 
+def default_fraction_index(fractions: list[float]) -> int:
+    """Return the steering size shown first: 0.25x when the audits tried it, else the smallest above zero.
+
+    A fraction of zero adds nothing, so it is never the default when another exists.
+    """
+    if DEFAULT_FRACTION in fractions:
+        return fractions.index(DEFAULT_FRACTION)
+    positive = [index for index, value in enumerate(fractions) if value > 0]
+    return positive[0] if positive else 0
+
+
 def prompt_set_name(config: dict) -> str:
     prompts = str(config.get("settings", {}).get("prompts", ""))
     return "held-out harmful prompts" if prompts == "heldout" else "prompts of the run"
@@ -110,7 +121,7 @@ if fractions:
     fraction = fraction_column.selectbox(
         "Steering size",
         fractions,
-        index=fractions.index(DEFAULT_FRACTION) if DEFAULT_FRACTION in fractions else 0,
+        index=default_fraction_index(fractions),
         format_func=lambda value: f"{value:g}× the mean residual norm",
         key="overview_fraction",
     )
