@@ -60,6 +60,12 @@ MEMORY_SHARE = 0.5
 # Rows per chunk never exceed this: beyond it a CPU gains nothing and a progress bar
 # moves too rarely.
 MAX_CHUNK_ROWS = 512
+# Planned activation memory of one chunk on a CPU, in bytes. A CPU reaches its full
+# matmul rate with about a thousand rows per matmul (benchmarks/pgd_flops.py: 63% of
+# the fp32 peak with 64 prompts of 26 tokens on a GPT-2-sized model), which this holds
+# for models up to that size; larger chunks only cost memory. A GPU needs larger
+# batches to fill, so there only its free memory bounds the chunk.
+CPU_CHUNK_BYTES = 2 * 2**30
 
 
 @dataclass
@@ -157,14 +163,17 @@ def auto_chunk_rows(model: AuditModel, width: int, n_target_tokens: int, device:
 
     The estimate counts the activations a backward pass keeps, ``ACTIVATION_FLOATS_PER_UNIT``
     floats per position, block and unit of ``d_model``, plus the target logits, in
-    the model's dtype.
+    the model's dtype. On a CPU the plan also stays within ``CPU_CHUNK_BYTES``.
     """
     device = device or model.device
     bytes_per_float = torch.finfo(model.dtype).bits // 8
     positions = width + n_target_tokens
     per_row = positions * model.n_layers * model.d_model * ACTIVATION_FLOATS_PER_UNIT * bytes_per_float
     per_row += n_target_tokens * model.bridge.cfg.d_vocab * 4 * 3
-    rows = int(free_memory_bytes(device) * MEMORY_SHARE // max(per_row, 1))
+    budget = free_memory_bytes(device) * MEMORY_SHARE
+    if device.type == "cpu":
+        budget = min(budget, CPU_CHUNK_BYTES)
+    rows = int(budget // max(per_row, 1))
     return max(1, min(MAX_CHUNK_ROWS, rows))
 
 
