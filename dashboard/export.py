@@ -27,6 +27,7 @@ PLOT_CONFIG = {"displaylogo": False}
 EXPORT_WIDTH = 1100
 EXPORT_HEIGHT = 600
 PNG_SCALE = 2
+IMAGE_FORMATS = {"png": "image/png", "svg": "image/svg+xml"}
 _BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 
 
@@ -63,28 +64,18 @@ def show_chart(figure: go.Figure, name: str, key: str) -> None:
     # A horizontal container sizes each button to its label; fixed-ratio columns cut
     # the labels short inside a half-width page column.
     row = st.container(horizontal=True, gap="small")
-    row.download_button(
-        "PNG",
-        data=lambda: figure_image(figure_json, "png"),
-        file_name=f"{stem}.png",
-        mime="image/png",
-        key=f"{key}::png",
-        icon=":material/download:",
-        on_click="ignore",
-        disabled=not available,
-        help=help_text,
-    )
-    row.download_button(
-        "SVG",
-        data=lambda: figure_image(figure_json, "svg"),
-        file_name=f"{stem}.svg",
-        mime="image/svg+xml",
-        key=f"{key}::svg",
-        icon=":material/download:",
-        on_click="ignore",
-        disabled=not available,
-        help=help_text,
-    )
+    for image_format, mime in IMAGE_FORMATS.items():
+        row.download_button(
+            image_format.upper(),
+            data=lambda image_format=image_format: figure_image(figure_json, image_format),
+            file_name=f"{stem}.{image_format}",
+            mime=mime,
+            key=f"{key}::{image_format}",
+            icon=":material/download:",
+            on_click="ignore",
+            disabled=not available,
+            help=help_text,
+        )
 
 
 def table_csv(frame: pd.DataFrame) -> bytes:

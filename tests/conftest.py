@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from browser_support import app_url, browser, page, served_app  # noqa: E402, F401  (fixtures)
 from checkpoints import ARCHITECTURES, make_checkpoint  # noqa: E402
+from conftest_dashboard import dashboard_inputs, one_torch_thread  # noqa: E402
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
@@ -49,3 +50,18 @@ def arch_model(request, checkpoint_root):
     has_template = arch != "gpt2"
     folder = make_checkpoint(checkpoint_root, arch, chat_template=CHAT_TEMPLATE if has_template else None)
     return load_model(str(folder), device="cpu", chat_template=None if has_template else CHAT_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory):
+    """The dashboard tests' two tiny checkpoints, prompt file and sweep run (see ``conftest_dashboard``)."""
+    with one_torch_thread():
+        yield dashboard_inputs(tmp_path_factory)
+
+
+@pytest.fixture
+def app_env(inputs, monkeypatch):
+    """Point the app at the dashboard test inputs through its environment variables."""
+    for name, value in inputs.environment().items():
+        monkeypatch.setenv(name, value)
+    return inputs

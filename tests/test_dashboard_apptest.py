@@ -21,8 +21,6 @@ from conftest_dashboard import (
     APP_PATH,
     PROMPTS,
     REPO_ROOT,
-    dashboard_inputs,
-    one_torch_thread,
     plotly_array,
 )
 
@@ -40,19 +38,6 @@ from lvs_core.runs import load_run  # noqa: E402
 # cores takes a few seconds; the margin covers a busy machine.
 RUN_TIMEOUT = 90
 HEATMAPS = "views/heatmaps.py"
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    with one_torch_thread():
-        yield dashboard_inputs(tmp_path_factory)
-
-
-@pytest.fixture
-def app_env(inputs, monkeypatch):
-    for name, value in inputs.environment().items():
-        monkeypatch.setenv(name, value)
-    return inputs
 
 
 def open_page(page: str | None = None) -> AppTest:

@@ -24,8 +24,6 @@ from conftest_dashboard import (
     NUDGE_LAYER,
     PROMPTS,
     REPO_ROOT,
-    dashboard_inputs,
-    one_torch_thread,
     plotly_array,
 )
 
@@ -44,19 +42,6 @@ RUN_TIMEOUT = 90
 LIVE_FLIP = "views/live_flip.py"
 MAX_NEW_TOKENS = 4
 FREE_PROMPT = "Explain how locks work"
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    with one_torch_thread():
-        yield dashboard_inputs(tmp_path_factory)
-
-
-@pytest.fixture
-def app_env(inputs, monkeypatch):
-    for name, value in inputs.environment().items():
-        monkeypatch.setenv(name, value)
-    return inputs
 
 
 @pytest.fixture(scope="module")

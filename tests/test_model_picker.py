@@ -18,7 +18,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from checkpoints import make_checkpoint
-from conftest_dashboard import APP_PATH, REPO_ROOT, dashboard_inputs, one_torch_thread
+from conftest_dashboard import APP_PATH, REPO_ROOT
 
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -152,15 +152,6 @@ def test_load_progress_stages(tiny_folder):
 
 
 # The sidebar picker, in AppTest
-
-
-@pytest.fixture
-def app_env(tmp_path_factory, monkeypatch):
-    with one_torch_thread():
-        inputs = dashboard_inputs(tmp_path_factory)
-    for name, value in inputs.environment().items():
-        monkeypatch.setenv(name, value)
-    return inputs
 
 
 def sidebar_captions(app: AppTest) -> list[str]:

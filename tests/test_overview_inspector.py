@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest_dashboard import APP_PATH, REPO_ROOT, dashboard_inputs, one_torch_thread, plotly_array
+from conftest_dashboard import APP_PATH, REPO_ROOT, plotly_array
 
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -110,12 +110,6 @@ def write_imported_run(folder, source_summary: pd.DataFrame, models: list[dict])
     (folder / "config.json").write_text(json.dumps(config))
     assert load_run(folder).cells.empty
     return folder
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    with one_torch_thread():
-        yield dashboard_inputs(tmp_path_factory)
 
 
 @pytest.fixture

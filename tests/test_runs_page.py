@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest_dashboard import APP_PATH, REPO_ROOT, dashboard_inputs, one_torch_thread
+from conftest_dashboard import APP_PATH, REPO_ROOT, one_torch_thread
 
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -77,12 +77,6 @@ def edit_csv(source: Path, target: Path, edit) -> Path:
     edit(frame)
     frame.to_csv(target, index=False)
     return target
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    with one_torch_thread():
-        yield dashboard_inputs(tmp_path_factory)
 
 
 @pytest.fixture
