@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from lvs_core.errors import AuditInputError
-from lvs_core.hooks import add_prompt_delta, capture_residual, layer_delta_hooks, residual_hooks, start_at_layer
+from lvs_core.hooks import add_prompt_delta, capture_residual, layer_delta_hooks, residual_hooks, start_at_layer, stop_after
 from lvs_core.models import AuditModel, Layer, layer_label
 from lvs_core.prompts import PromptBatch, positions_from_mask, text_token_ids
 
@@ -116,6 +116,7 @@ def clean_residual(model: AuditModel, batch: PromptBatch, layer: Layer) -> torch
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
             return_type=None,
+            **stop_after(model, [layer]),
         )
     return store["h"].detach()
 
@@ -302,7 +303,13 @@ def _clean_continuation_residual(model: AuditModel, batch: PromptBatch, continua
     input_ids, attention_mask, _ = _continuation_inputs(model, batch, continuation)
     store: dict = {}
     with torch.no_grad(), residual_hooks(model, [(layer, capture_residual(store, "h"))]):
-        model.bridge(input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask), return_type=None)
+        model.bridge(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions_from_mask(attention_mask),
+            return_type=None,
+            **stop_after(model, [layer]),
+        )
     return store["h"].detach()
 
 

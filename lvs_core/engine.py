@@ -5,7 +5,8 @@ prompt of a batch. It lays the work out as rows, one per (cell, prompt), and run
 rows in chunks. Within a chunk each row has its own radius, its own delta and its own
 layer, so one forward pass serves prompts, budgets and layers together:
 
-- the clean residual is read once per prompt batch, at every layer in a single forward;
+- the clean residual is read once per prompt, at every layer in a single forward that
+  stops after the deepest attacked layer;
 - the blocks below the attacked layer run once on the clean input, and every PGD step
   resumes from their output (:func:`lvs_core.hooks.start_at_layer`);
 - PGD runs on all rows of a chunk at once. Each layer's hook adds the deltas of the rows
@@ -41,7 +42,7 @@ from lvs_core.attack import (
     validate_budget,
 )
 from lvs_core.generation import DEFAULT_MAX_NEW_TOKENS, greedy_generate
-from lvs_core.hooks import layer_delta_hooks, residual_hooks
+from lvs_core.hooks import layer_delta_hooks, residual_hooks, stop_after
 from lvs_core.metrics import lvs
 from lvs_core.models import AuditModel, Layer, layer_label, parse_layer
 from lvs_core.prompts import PromptBatch
@@ -113,7 +114,13 @@ def residual_scales(model: AuditModel, batch: PromptBatch, layers: Sequence[Laye
         return hook
 
     with torch.no_grad(), residual_hooks(model, [(layer, reducer(layer)) for layer in layers]):
-        model.bridge(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, return_type=None)
+        model.bridge(
+            batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            return_type=None,
+            **stop_after(model, layers),
+        )
     return scales
 
 
@@ -211,12 +218,11 @@ def attack_cells(
     if not cells:
         return []
     layers = list(dict.fromkeys(layer for layer, _ in cells))
-    scales = residual_scales(model, batch, layers, config.norm)
-
     n_prompts = len(batch)
     plan = [(cell_index, prompt) for cell_index in range(len(cells)) for prompt in range(n_prompts)]
     n_target = len(model.tokenizer.encode(config.target, add_special_tokens=False))
     chunk = max_rows or auto_chunk_rows(model, batch.input_ids.shape[1], n_target)
+    scales = _scales_in_chunks(model, batch, layers, config.norm, chunk)
     results: dict[tuple[int, int, str], dict] = {}
     start = 0
     while start < len(plan):
@@ -239,6 +245,15 @@ def attack_cells(
         for attack in attacks
         for prompt in range(n_prompts)
     ]
+
+
+def _scales_in_chunks(model, batch, layers, norm: str, chunk: int) -> dict:
+    """Run :func:`residual_scales` on ``chunk`` prompts at a time and join the rows."""
+    parts = [
+        residual_scales(model, take_rows(batch, list(range(start, min(start + chunk, len(batch))))), layers, norm)
+        for start in range(0, len(batch), chunk)
+    ]
+    return {layer: torch.cat([part[layer] for part in parts]) for layer in layers}
 
 
 def _attack_rows(model, batch, cells, rows, scales, clean, config, scorer, max_new_tokens, attacks, keep_deltas) -> list[dict]:

@@ -133,3 +133,14 @@ def start_at_layer(model: AuditModel, layer: Layer, residual: torch.Tensor) -> I
     finally:
         for module in patched:
             del module.forward
+
+
+def stop_after(model: AuditModel, layers: Sequence[Layer]) -> dict:
+    """Return the forward arguments that stop a pass after the deepest of ``layers``.
+
+    A pass that only captures residuals needs neither the blocks above the deepest one nor
+    the unembedding, whose logits over a large vocabulary can outweigh everything else.
+    """
+    blocks = [int(layer) for layer in layers if layer != "embedding"]
+    deepest = max(blocks) if blocks else -1
+    return {"stop_at_layer": deepest + 1} if deepest + 1 < model.n_layers else {}
