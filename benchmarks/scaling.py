@@ -1,7 +1,7 @@
 """How sweep time grows with prompts, layers and budgets: three sizes of each, others fixed.
 
-Each line times ``attack_cells`` (clean generations included) on the demo model; the
-last column divides the time by the number of cells, which stays flat when time grows
+Each line times ``attack_cells`` (clean generations included) on the demo model. The
+last column divides the time by the number of cells, so it stays flat when time grows
 linearly.
 
     python benchmarks/scaling.py --model demo

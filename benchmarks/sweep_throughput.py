@@ -44,7 +44,7 @@ def main() -> None:
     config = AttackConfig()
 
     grid = [(prompt, layer, budget) for layer, budget in cells for prompt in prompts]
-    # Spread the baseline's cells over the grid, so that it sees low and high layers alike.
+    # Spread the baseline's cells over the grid, so that it covers low and high layers alike.
     stride = max(1, len(grid) // args.baseline_cells)
     sample = grid[::stride][: args.baseline_cells]
 

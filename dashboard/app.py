@@ -65,6 +65,6 @@ safe only on the surface.
 FAVICON = REPO_ROOT / "assets" / "favicon.png"
 st.set_page_config(page_title="lvs-audit", page_icon=str(FAVICON), layout="wide")
 navigation = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True), *PAGES])
-# The picker's widgets are cheap; a model loads only when a page asks for it.
+# The picker's widgets are cheap. A model loads only when a page needs one.
 model_picker.render_sidebar()
 navigation.run()

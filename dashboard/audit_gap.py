@@ -177,9 +177,9 @@ def sweep_measures(run: Run, budget: float, include_embedding: bool = False) -> 
 def run_steering_tables(run_path: Path, models: list[str]) -> dict[str, dict[str, pd.DataFrame]]:
     """Return, per model, the steering table a run carries, as :func:`audit_measures` reads it.
 
-    An imported run steers at every layer; for each fraction only the layer with the
-    highest compliance is kept, the maximum over layers that published summaries give. An
-    audit's table has no model column, so it belongs to the run's one model. Returns an empty dict for
+    An imported run steers at every layer, so for each fraction only the layer with the
+    highest compliance is kept. That maximum over layers is what published summaries
+    report. An audit's table has no model column, so it belongs to the run's one model. Returns an empty dict for
     a run without ``steering.parquet`` or with a table that names no model.
     """
     path = Path(run_path) / "steering.parquet"

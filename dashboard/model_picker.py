@@ -1,8 +1,8 @@
 """The model picker in the sidebar of every page, and the card of the loaded model.
 
-``app.py`` calls :func:`render_sidebar` before it runs a page. Its widgets are cheap: the
-model loads only when a page calls :func:`current_model`, so a page that reads run files
-never waits for a model. The choice lives in ``st.session_state`` and so carries over
+``app.py`` calls :func:`render_sidebar` before it runs a page. Its widgets are cheap. The
+model loads when a page calls :func:`current_model`, which the pages that read run files
+do not call. The card shows only a model that is already in the cache. The choice lives in ``st.session_state`` and so carries over
 from page to page. A load shows its stages in a progress bar; once a model is loaded,
 its card (blocks, width, parameters, device, dtype, nudge, source) stays in the sidebar
 on every page.

@@ -54,7 +54,7 @@ PROMPTS_ENV = "LVS_AUDIT_PROMPTS"
 RUN_DIR_ENV = "LVS_AUDIT_RUN_DIR"
 DEVICE_ENV = "LVS_AUDIT_DEVICE"
 RUNS_ROOT_ENV = "LVS_AUDIT_RUNS_ROOT"
-# Session key through which another page (the Prompt inspector) asks Live flip to open a
+# Session key through which another page (the Prompt inspector) requests Live flip to open a
 # prompt: a dict with the keys model, prompt, layer (a layer label) and budget.
 LIVE_FLIP_REQUEST_KEY = "live_flip_request"
 
@@ -343,7 +343,7 @@ def open_run(path: str) -> Run:
         raise AuditInputError("no run folder given: enter the path of a folder written by 'lvs-audit sweep'")
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():
-        raise AuditInputError(f"{path!r} is a file, not a run folder: enter the folder that holds config.json and summary.parquet")
+        raise AuditInputError(f"{path!r} is a file, not a run folder: enter the folder that contains config.json and summary.parquet")
     if not folder.is_dir():
         raise AuditInputError(f"run folder {path!r} not found: enter the path of a folder written by 'lvs-audit sweep'")
     return _run(str(folder.resolve()), _mtime(folder / "summary.parquet"))

@@ -382,7 +382,7 @@ def _drive_audit(config, out_dir, overwrite, resume, progress, pool, execution) 
     if "patching" in config.steps:
         plan.append(("patching", "all", "patching", ()))
 
-    # What the progress bar says for each part, in words rather than part keys.
+    # The progress label of each part, in words rather than part keys.
     labels = {(table, key): _part_label(table, step, args) for table, key, step, args in plan}
     started = time.monotonic()
     if progress is not None and plan:

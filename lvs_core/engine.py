@@ -20,7 +20,7 @@ layer, so one forward pass serves prompts, budgets and layers together:
 
 The chunk size follows the memory the device has free (:func:`auto_chunk_rows`) unless
 the caller sets ``max_rows``. An out-of-memory error halves the chunk and retries.
-``benchmarks/baseline.py`` holds the same protocol one cell at a time, and
+``benchmarks/baseline.py`` implements the same protocol one cell at a time, and
 ``tests/test_engine.py`` checks that both give the same deltas and generations.
 """
 
@@ -61,11 +61,10 @@ MEMORY_SHARE = 0.5
 # Rows per chunk never exceed this: beyond it a CPU gains nothing and a progress bar
 # moves too rarely.
 MAX_CHUNK_ROWS = 512
-# Planned activation memory of one chunk on a CPU, in bytes. A CPU reaches its full
-# matmul rate with about a thousand rows per matmul (benchmarks/pgd_flops.py: 63% of
-# the fp32 peak with 64 prompts of 26 tokens on a GPT-2-sized model), which this holds
-# for models up to that size; larger chunks only cost memory. A GPU needs larger
-# batches to fill, so there only its free memory bounds the chunk.
+# Planned activation memory of one chunk on a CPU, in bytes. On a GPT-2-sized model,
+# 64 prompts of 26 tokens (about 1,700 matmul rows) already reach 63% of the fp32 matmul
+# peak (benchmarks/pgd_flops.py), and 2 GiB fits that many rows. Larger chunks only cost
+# memory. A GPU needs larger batches to fill, so there only its free memory bounds the chunk.
 CPU_CHUNK_BYTES = 2 * 2**30
 
 
@@ -207,7 +206,7 @@ def attack_cells(
 
     Records are ordered by cell, then attack, then prompt. ``max_rows`` caps the rows
     of one chunk (rows are (cell, prompt) pairs); by default it follows free memory.
-    With ``keep_deltas`` each record also holds ``delta``, ``[prompt_len, d_model]`` on
+    With ``keep_deltas`` each record also contains ``delta``, ``[prompt_len, d_model]`` on
     the CPU, its prompt's positions only.
     """
     scorer = scorer or RefusalScorer()

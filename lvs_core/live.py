@@ -141,13 +141,13 @@ def attack_step(
 ) -> dict:
     """Attack ``prompt`` at ``layer`` and ``budget`` with PGD and the random control.
 
-    ``clean`` is the :func:`clean_step` result of the same prompt and settings. Returns
-    ``layer`` (label), ``budget``, ``eps`` (the radius in activation units), under
-    ``pgd`` and ``random`` the generation's ``text``, ``verdict``, ``margin`` (nats),
-    ``delta_l2``, ``delta_linf``, ``target_nll`` (nats per token) and ``lvs``, and under
-    ``positions`` the L2 norm over ``d_model`` of each delta at every prompt position
-    (``tokens``, ``pgd``, ``random``), template tokens included, because the attack
-    perturbs all of them.
+    ``clean`` is the :func:`clean_step` result of the same prompt and settings. The
+    result has ``layer`` (label), ``budget`` and ``eps`` (the radius in activation units).
+    Under ``pgd`` and ``random`` it has the generation's ``text``, ``verdict``, ``margin``
+    (nats), ``delta_l2``, ``delta_linf``, ``target_nll`` (nats per token) and ``lvs``.
+    Under ``positions`` it has the L2 norm over ``d_model`` of each delta at every prompt
+    position (``tokens``, ``pgd``, ``random``), template tokens included, because the
+    attack perturbs all of them.
 
     Raises:
         AuditInputError: the layer, budget or prompt is invalid.

@@ -424,10 +424,10 @@ def _contiguous_input(module, args):
 def _contiguous_unembedding_input(bridge) -> None:
     """Make the unembedding's input contiguous before its matmul.
 
-    With ``logits_to_keep``, HuggingFace hands the unembedding a slice of the last
-    positions, which is not contiguous; torch then multiplies it batch by batch against
-    a broadcast copy of the vocabulary matrix. On a GPT-2-sized model that made the
-    target NLL a third slower. A contiguous copy of the few kept positions costs nothing.
+    With ``logits_to_keep``, HuggingFace passes the unembedding a slice of the last
+    positions, which is not contiguous. Torch then multiplies it batch by batch against a
+    broadcast copy of the vocabulary matrix, which made the target NLL of a GPT-2-sized
+    model about a third slower here. A contiguous copy of the few kept positions is cheap.
     """
     output_embeddings = bridge.original_model.get_output_embeddings()
     if output_embeddings is not None:

@@ -10,7 +10,7 @@ norm. The columns are::
 Layers are ``embedding`` or ``L0``, ``L1``...; budgets are L-inf radii as fractions of the
 clean prompt activation's max magnitude, as in :mod:`lvs_core.attack`.
 
-An imported run holds no generations and no per-prompt rows, so it has no
+An imported run contains no generations and no per-prompt rows, so it has no
 ``cells.parquet``. Its folder contains
 
 - ``config.json`` with ``"kind": "imported"``, the source file name, the models

@@ -222,8 +222,8 @@ def _cell_groups(pending: list, chunk_rows: int, n_prompts: int, n_workers: int)
 class SweepWorker:
     """The cells of a sweep on one device: each model is loaded once, with its prompt batch and clean reference.
 
-    ``keep_models`` keeps every model loaded (the local executor); otherwise loading a
-    model drops the previous one, so a worker keeps one model in memory at a time.
+    ``keep_models`` keeps every model loaded, as the local executor does. Otherwise
+    loading a model drops the previous one, so a worker keeps one model in memory at a time.
     """
 
     def __init__(

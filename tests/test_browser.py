@@ -63,7 +63,7 @@ def test_home_page_loads(page, app_url):
 
 def test_interventions_page_loads(page, app_url):
     # The test server lists audits from an empty folder, so the page opens on the shipped
-    # demo audits (tests/test_browser_pages.py checks them); without a selection it says
+    # demo audits (tests/test_browser_pages.py checks them); without a selection it shows
     # how to write an audit.
     open_home(page, app_url)
     open_page(page, "Interventions")

@@ -135,8 +135,8 @@ def test_live_flip_bad_folder_shows_one_error(page, app_url, tmp_path):
 
 
 def test_two_browser_sessions_at_once(browser, app_url, reference_model):
-    # Two sessions of the served app on the same cached model, each changing its
-    # controls at the same moment; each must show what a lone session computes.
+    # Two sessions of the served app on the same cached model change their controls at
+    # the same moment. Each must show what a lone session computes.
     from lvs_core.live import flip_prompt
 
     settings = {"first": ("block 0 output", 0, 0.35), "second": ("block 2 output", 2, 0.15)}

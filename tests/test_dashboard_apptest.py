@@ -316,7 +316,7 @@ def test_clean_refusal_table_counts_prompts_once():
     assert table.loc["b", "clean refusal"] == pytest.approx(1.0)
 
 
-def test_open_run_names_a_file_given_as_the_folder(tmp_path):
+def test_open_run_file_not_folder(tmp_path):
     file = tmp_path / "summary.txt"
     file.write_text("not a run")
     with pytest.raises(AuditInputError, match="is a file, not a run folder"):

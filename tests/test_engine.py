@@ -1,8 +1,8 @@
 """The batched engine against the one-cell-at-a-time baseline of ``benchmarks/baseline.py``.
 
-Prompts of different lengths share a padded batch, cells at two layers and two budgets
-share chunks, and a chunk smaller than the work splits it: the deltas, norms, margins
-and greedy generations must still be those of each cell run on its own.
+Prompts of different lengths share a padded batch, and cells at two layers and two
+budgets share chunks smaller than the work. The deltas, norms, margins and greedy
+generations must still be those of each cell run on its own.
 """
 
 from __future__ import annotations

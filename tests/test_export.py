@@ -39,7 +39,7 @@ def test_figure_image_renders_png_and_svg():
     svg = export.figure_image(figure.to_json(), "svg").decode("utf-8")
 
     assert png.startswith(PNG_MAGIC)
-    # The PNG header holds width and height: the export width at twice the scale.
+    # The PNG header contains width and height: the export size at twice the scale.
     width = int.from_bytes(png[16:20], "big")
     height = int.from_bytes(png[20:24], "big")
     assert (width, height) == (export.EXPORT_WIDTH * export.PNG_SCALE, 400 * export.PNG_SCALE)

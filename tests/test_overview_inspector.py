@@ -622,7 +622,7 @@ def test_inspector_imported_run(imported_env):
 
 
 def write_paper_csv(path) -> None:
-    """A synthetic metric CSV in the paper's long-form layout: two variants, two layers, one budget, steering at two sizes."""
+    """Write a synthetic metric CSV in the published long-form layout: two variants, two layers, one budget, steering at two sizes."""
     header = "arch,variant,exp,layer,layer_idx,budget,attack,lvs,lvs_lo,lvs_hi,asr,frac,compliance"
     lines = [header]
     for variant, lvs_value, asr in (("base", 0.01, 0.0), ("dissociated", 0.4, 0.9)):

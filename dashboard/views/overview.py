@@ -3,7 +3,7 @@
 Puts behavioural refusal (from the sweep) next to latent fragility: the peak median LVS
 and the PGD attack success rate from the sweep, and steering compliance and fine-tuning
 steps to break from the model's audit. Audits are found by model spec under
-``LVS_AUDIT_RUNS_ROOT`` (default ``./runs``) and among the shipped demo audits; an imported
+``LVS_AUDIT_RUNS_ROOT`` (default ``./runs``) and among the shipped demo audits. An imported
 run's own steering results stand in for a missing audit. Reads parquet files only, never a
 model.
 """
