@@ -138,13 +138,13 @@ def test_start_at_layer_skips_lower_blocks(arch_model):
 def test_out_of_memory_halves_the_chunk(llama_model, engine_rows):
     # A real forward hook that fails like an exhausted device on any pass wider than 3
     # rows: the engine must halve its chunks until they fit, and give the same rows.
-    def refuse_wide_batches(activation, hook):
+    def fail_wide_batches(activation, hook):
         if activation.shape[0] > 3:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated by a test hook)")
 
     batch = build_batch(llama_model, list(PROMPTS))
     clean = clean_reference(llama_model, batch, CONFIG, MarginScorer(), MAX_NEW_TOKENS)
-    with llama_model.bridge.hooks(fwd_hooks=[("blocks.0.hook_out", refuse_wide_batches)]):
+    with llama_model.bridge.hooks(fwd_hooks=[("blocks.0.hook_out", fail_wide_batches)]):
         rows = attack_cells(llama_model, batch, CELLS, clean, CONFIG, MarginScorer(), MAX_NEW_TOKENS, max_rows=12, keep_deltas=True)
     assert len(rows) == len(engine_rows)
     for row, reference in zip(rows, engine_rows):
